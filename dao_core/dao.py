@@ -1,0 +1,200 @@
+"""DAO-G and DAO-P: one Crysformer, one diffusion schedule, and (for DAO-P) a standardised
+energy head. ``DAOModel`` is what checkpoints hold and what sampling, guidance, ranking and
+relaxation call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dao_core.diffusion import DiffusionSchedule, add_noise, diffusion_losses, sample
+from dao_core.model import Crysformer, CrysformerConfig, CrysformerOutput
+
+Kind = Literal["dao-g", "dao-p"]
+# The noise level at which DAO-P acts as a plain predictor. Step 1 has sigma_x = 0.005 and
+# sqrt(1 - abar) = 0.01: clean for all purposes, and an embedding the network was trained on.
+CLEAN_STEP = 1
+EV_PER_A3_TO_GPA = 160.21766
+
+
+@dataclass
+class EnergyLabel:
+    """How DAO-P energies map to physical units: value = mean + std * prediction."""
+
+    name: str = "energy_per_atom"
+    unit: str = "eV/atom"
+    mean: float = 0.0
+    std: float = 1.0
+    loss: Literal["mse", "exp"] = "mse"
+    per_dataset: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class DAOModel(nn.Module):
+    def __init__(
+        self,
+        kind: Kind,
+        config: CrysformerConfig,
+        label: EnergyLabel | None = None,
+        steps: int = 1000,
+    ) -> None:
+        super().__init__()
+        if kind not in ("dao-g", "dao-p"):
+            raise ValueError(f"unknown model kind {kind!r}; expected 'dao-g' or 'dao-p'")
+        self.kind: Kind = kind
+        self.config = config
+        self.label = label or EnergyLabel()
+        self.net = Crysformer(config)
+        self.schedule = DiffusionSchedule(steps)
+        self.name = ""  # set by the loader: bundled name or path
+        self.content_hash = ""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(
+        self,
+        atom_types: torch.Tensor,
+        frac: torch.Tensor,
+        lattice: torch.Tensor,
+        mask: torch.Tensor,
+        t: torch.Tensor,
+    ) -> CrysformerOutput:
+        return self.net(atom_types, frac, lattice, mask, t)
+
+    def loss(
+        self,
+        atom_types: torch.Tensor,
+        frac: torch.Tensor,
+        lattice: torch.Tensor,
+        mask: torch.Tensor,
+        energy: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Diffusion losses (+ the energy loss for DAO-P on the noised structure, clean label)."""
+        noised = add_noise(self.schedule, frac, lattice, mask)
+        out = self(atom_types, noised.frac, noised.lattice, mask, noised.t)
+        loss_lattice, loss_coord = diffusion_losses(out, noised, mask)
+        losses = {"lattice": loss_lattice, "coord": loss_coord}
+        if self.kind == "dao-p":
+            if energy is None:
+                raise ValueError("DAO-P training needs energy labels")
+            target = (energy - self.label.mean) / self.label.std
+            known = torch.isfinite(target)
+            pred, target = out.energy[known], target[known]
+            if self.label.loss == "exp":  # weights low-energy structures more (authors' choice)
+                losses["energy"] = F.mse_loss(torch.exp(-pred), torch.exp(-target))
+            else:
+                losses["energy"] = F.mse_loss(pred, target)
+        losses["total"] = sum(losses.values())
+        return losses
+
+    # --- DAO-P energy --------------------------------------------------------------------------
+
+    def energy(
+        self,
+        atom_types: torch.Tensor,
+        frac: torch.Tensor,
+        lattice: torch.Tensor,
+        mask: torch.Tensor,
+        t: torch.Tensor | int = CLEAN_STEP,
+        physical: bool = False,
+    ) -> torch.Tensor:
+        """Energy per crystal: standardised, or in label units (``physical=True``)."""
+        self._require_energy()
+        if isinstance(t, int):
+            t = torch.full((atom_types.shape[0],), t, dtype=torch.long, device=atom_types.device)
+        e = self.net(atom_types, frac, lattice, mask, t).energy
+        return e * self.label.std + self.label.mean if physical else e
+
+    def energy_forces_stress(
+        self,
+        atom_types: torch.Tensor,
+        frac: torch.Tensor,
+        lattice: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Energy per atom (label units), forces (eV/A, per atom) and stress (GPa, 3x3).
+
+        The label is per atom, so the total energy is N * e; forces are -dE/dr with
+        r = X L, and stress is (1/V) L^T dE/dL (symmetrised), the strain derivative at fixed X.
+        """
+        with torch.enable_grad():
+            f = frac.detach().requires_grad_(True)
+            lat = lattice.detach().requires_grad_(True)
+            e_atom = self.energy(atom_types, f, lat, mask, physical=True)
+            n_atoms = mask.sum(1).to(e_atom.dtype)
+            grad_f, grad_l = torch.autograd.grad((e_atom * n_atoms).sum(), (f, lat))
+        # dE/dr = dE/dX . L^{-T}, since X = r L^{-1}.
+        forces = -torch.linalg.solve(lat.detach(), grad_f.transpose(1, 2)).transpose(1, 2)
+        volume = torch.linalg.det(lat.detach()).abs()
+        virial = lat.detach().transpose(1, 2) @ grad_l
+        stress = 0.5 * (virial + virial.transpose(1, 2)) / volume[:, None, None]
+        return e_atom.detach(), forces * mask[..., None], stress * EV_PER_A3_TO_GPA
+
+    def relax(
+        self,
+        atom_types: torch.Tensor,
+        frac: torch.Tensor,
+        lattice: torch.Tensor,
+        mask: torch.Tensor,
+        steps: int = 5,
+        lr: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """L-BFGS on X and L at the clean step (dataset relaxation, method doc section 6).
+
+        Crystals are independent, so minimising the sum of energies relaxes each one; X is
+        wrapped back into [0, 1) afterwards.
+        """
+        self._require_energy()
+        f = frac.detach().clone().requires_grad_(True)
+        lat = lattice.detach().clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([f, lat], lr=lr, max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            e = self.energy(atom_types, f, lat, mask).sum()
+            e.backward()
+            return e
+
+        with torch.enable_grad():
+            opt.step(closure)
+        return torch.remainder(f.detach(), 1.0) * mask[..., None], lat.detach()
+
+    # --- DAO-G sampling ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        atom_types: torch.Tensor,
+        mask: torch.Tensor,
+        steps: int | None = None,
+        guidance: DAOModel | None = None,
+        scale: float = 0.0,
+        step_lr: float = 1e-5,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fractional coordinates (B, N, 3) and lattices (B, 3, 3) for padded compositions."""
+
+        def score_fn(
+            frac: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor
+        ) -> CrysformerOutput:
+            return self.net(atom_types, frac, lattice, mask, t)
+
+        energy_fn = None
+        if guidance is not None and scale > 0:
+
+            def energy_fn(
+                frac: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor
+            ) -> torch.Tensor:
+                return guidance.energy(atom_types, frac, lattice, mask, t)
+
+        return sample(score_fn, self.schedule, mask, steps, step_lr, energy_fn, scale, generator)
+
+    def _require_energy(self) -> None:
+        if self.kind != "dao-p":
+            raise ValueError(f"{self.name or 'this model'} is a DAO-G model and has no energy head")

@@ -1,0 +1,5 @@
+"""Errors raised for bad user input; each message names the offending formula, element, count or file."""
+
+
+class DAOInputError(ValueError):
+    """Invalid user input (formula, element, atom count, file, checkpoint)."""

@@ -1,0 +1,302 @@
+"""One trainer for every DAO stage: DAO-G Stage I/II, DAO-P, and fine-tuning.
+
+Adam with linear warm-up and cosine decay, gradient clipping by value, bf16 autocast on GPU,
+checkpoint/resume (a run stopped by ``time_limit`` continues where it left off), and data
+parallelism across processes started by ``torchrun`` (NCCL on GPU, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dao_core.checkpoint import load_model, save_model
+from dao_core.dao import DAOModel, EnergyLabel
+from dao_core.data import CrystalBatch, CrystalRecord
+from dao_core.model import CrysformerConfig
+
+log = logging.getLogger(__name__)
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    kind: str = "dao-g"
+    preset: str = "base"
+    out: str = "runs/dao-g"
+    init: str | None = None  # start from these weights (Stage II, fine-tuning)
+    max_steps: int = 10_000
+    batch_size: int = 128  # per process
+    lr: float = 5e-4
+    warmup: int = 500
+    min_lr_ratio: float = 0.02
+    weight_decay: float = 0.0
+    clip_value: float = 0.5
+    seed: int = 0
+    amp: bool = True  # bf16 autocast, GPU only
+    energy_loss: str = "mse"
+    label_name: str = "energy_per_atom"
+    label_unit: str = "eV/atom"
+    per_dataset: dict = field(default_factory=dict)  # label statistics when standardised per set
+    eval_every: int = 500
+    save_every: int = 1000
+    time_limit: float | None = None  # seconds; checkpoint and stop cleanly (rationed GPU time)
+    record: dict = field(default_factory=dict)  # provenance written into the checkpoint
+
+
+class _Loss(nn.Module):
+    """Makes the loss the module's forward, which DistributedDataParallel needs."""
+
+    def __init__(self, model: DAOModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: CrystalBatch) -> dict[str, torch.Tensor]:
+        return self.model.loss(
+            batch.atom_types, batch.frac, batch.lattice, batch.mask, batch.energy
+        )
+
+
+def bucketed_batches(
+    records: Sequence[CrystalRecord],
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    max_atoms_per_batch: int | None = None,
+) -> Iterator[list[int]]:
+    """Shuffled batches of similar-sized crystals (little padding), sharded over ranks.
+
+    Indices are shuffled, cut into chunks of 50 batches, sorted by atom count inside each chunk,
+    then batches are shuffled again; every rank gets the same number of batches.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = np.array([len(r.atomic_numbers) for r in records])
+    order = rng.permutation(len(records))
+    chunk = 50 * batch_size
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(sizes[part], kind="stable")]
+        for b in range(0, len(part), batch_size):
+            idx = part[b : b + batch_size]
+            if max_atoms_per_batch:  # keep B * Nmax^2 bounded for large crystals
+                cap = max(1, max_atoms_per_batch // int(sizes[idx].max()) ** 2)
+                batches.extend(idx[i : i + cap] for i in range(0, len(idx), cap))
+            else:
+                batches.append(idx)
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    per_rank = len(batches) // world_size
+    yield from (b.tolist() for b in batches[rank * per_rank : (rank + 1) * per_rank])
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def energy_stats(records: Sequence[CrystalRecord]) -> tuple[float, float]:
+    energies = np.array([r.energy for r in records if r.energy is not None], dtype=float)
+    energies = energies[np.isfinite(energies)]
+    if len(energies) < 2:
+        raise ValueError("DAO-P needs at least two records with energy labels")
+    return float(energies.mean()), float(energies.std() + 1e-8)
+
+
+def standardise_per_dataset(
+    datasets: dict[str, list[CrystalRecord]],
+) -> tuple[list[CrystalRecord], dict[str, dict[str, float]]]:
+    """Put each dataset's labels on one scale: (E - mean_d) / std_d.
+
+    The datasets carry different energies (E_hull, heat of formation, absolute energy per atom);
+    guidance and relaxation need gradients within a composition, which per-dataset
+    standardisation preserves up to a positive factor. Unlabelled records keep ``None``.
+    """
+    merged: list[CrystalRecord] = []
+    stats: dict[str, dict[str, float]] = {}
+    for name, records in datasets.items():
+        labelled = [r for r in records if r.energy is not None and np.isfinite(r.energy)]
+        if len(labelled) < 2:
+            merged.extend(records)
+            continue
+        mean, std = energy_stats(labelled)
+        stats[name] = {"mean": mean, "std": std, "count": len(labelled)}
+        merged.extend(
+            r if r.energy is None else replace(r, energy=(r.energy - mean) / std) for r in records
+        )
+    return merged, stats
+
+
+def _setup_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: TrainConfig, train: Sequence[CrystalRecord]) -> DAOModel:
+    if cfg.init:
+        model = load_model(cfg.init, device="cpu")
+        if model.kind != cfg.kind:
+            raise ValueError(f"--init {cfg.init} is a {model.kind} model, not {cfg.kind}")
+        model.name = ""
+        return model.train()
+    label = None
+    if cfg.kind == "dao-p":
+        mean, std = energy_stats(train)
+        label = EnergyLabel(
+            cfg.label_name,
+            cfg.label_unit,
+            mean,
+            std,
+            cfg.energy_loss,
+            cfg.per_dataset,  # type: ignore[arg-type]
+        )
+    return DAOModel(cfg.kind, CrysformerConfig.preset(cfg.preset), label)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def evaluate(model: DAOModel, records: Sequence[CrystalRecord], batch_size: int, seed: int) -> dict:
+    """Mean losses over ``records`` at fixed noise (seeded), for comparable validation curves."""
+    device = model.device
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    totals: dict[str, float] = {}
+    count = 0
+    model.eval()
+    for idx in bucketed_batches(records, batch_size, seed):
+        batch = CrystalBatch.from_records([records[i] for i in idx]).to(device)
+        losses = model.loss(batch.atom_types, batch.frac, batch.lattice, batch.mask, batch.energy)
+        for k, v in losses.items():
+            totals[k] = totals.get(k, 0.0) + float(v) * len(idx)
+        count += len(idx)
+    model.train()
+    torch.random.set_rng_state(state)
+    return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+def train(
+    cfg: TrainConfig, train_records: Sequence[CrystalRecord], val_records: Sequence[CrystalRecord]
+) -> Path:
+    """Train (or resume) and return the output folder; ``out/final`` holds the checkpoint."""
+    rank, world, device = _setup_distributed()
+    _seed_everything(cfg.seed + rank)
+    out = Path(cfg.out)
+    state_path = out / STATE_FILE
+    resume = state_path.is_file()
+    if resume:
+        model = load_model(out / "last", device="cpu").train()
+    else:
+        model = build_model(cfg, train_records)
+    model.to(device)
+    if cfg.kind == "dao-p":
+        model.label.loss = cfg.energy_loss  # type: ignore[assignment]
+    module: nn.Module = _Loss(model)
+    if world > 1:
+        module = nn.parallel.DistributedDataParallel(
+            module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.kind == "dao-g",  # DAO-G never uses the energy head
+        )
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    step, epoch, history = 0, 0, []
+    if resume:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, epoch, history = state["step"], state["epoch"], json.loads(state["history"])
+    use_amp = cfg.amp and device.type == "cuda"
+    started = time.perf_counter()
+    seen = 0
+    max_atoms = 256 * 1024 if device.type == "cuda" else 4096
+
+    def checkpoint(folder: str) -> None:
+        if rank != 0:
+            return
+        record = {**cfg.record, "config": asdict(cfg), "step": step, "history": history[-20:]}
+        save_model(model, out / folder, record)
+        torch.save(
+            {
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "step": step,
+                "epoch": epoch,
+                "history": json.dumps(history),
+            },
+            state_path,
+        )
+
+    stop = False
+    while step < cfg.max_steps and not stop:
+        for idx in bucketed_batches(
+            train_records, cfg.batch_size, cfg.seed + epoch, rank, world, max_atoms
+        ):
+            batch = CrystalBatch.from_records([train_records[i] for i in idx]).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                losses = module(batch)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip_value)
+            opt.step()
+            sched.step()
+            step += 1
+            seen += len(idx) * world
+            if step % 50 == 0 or step == cfg.max_steps:
+                entry = {"step": step, **{k: round(float(v), 5) for k, v in losses.items()}}
+                entry["structures_per_s"] = round(seen / (time.perf_counter() - started), 1)
+                history.append(entry)
+                if rank == 0:
+                    log.info("%s", entry)
+            if val_records and rank == 0 and step % cfg.eval_every == 0:
+                val = evaluate(model, val_records, cfg.batch_size, cfg.seed)
+                history.append({"step": step, **{f"val_{k}": round(v, 5) for k, v in val.items()}})
+                log.info("validation %s", history[-1])
+            if step % cfg.save_every == 0:
+                checkpoint("last")
+            elapsed = time.perf_counter() - started
+            if cfg.time_limit and elapsed > cfg.time_limit:
+                stop = True
+            if world > 1:  # all ranks must agree to stop, or the next all-reduce hangs
+                flag = torch.tensor([float(stop)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop = bool(flag.item())
+            if stop or step >= cfg.max_steps:
+                break
+        epoch += 1
+    checkpoint("last")
+    if step >= cfg.max_steps:
+        if val_records and rank == 0:
+            val = evaluate(model, val_records, cfg.batch_size, cfg.seed)
+            history.append({"step": step, **{f"val_{k}": round(v, 5) for k, v in val.items()}})
+        checkpoint("final")
+    if world > 1:
+        dist.barrier()
+    return out

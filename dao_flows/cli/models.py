@@ -1,0 +1,239 @@
+"""Model commands: train, relax-dataset, sample, benchmark, models."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from dao_flows.cli import app
+
+console = Console()
+
+
+def _datasets(spec: str) -> list[tuple[Path, str | None]]:
+    """``a.csv:label,b.csv`` -> [(a.csv, 'label'), (b.csv, None)]."""
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        path, _, label = item.partition(":")
+        out.append((Path(path), label or None))
+    if not out:
+        raise typer.BadParameter("no CSV given", param_hint="--data")
+    return out
+
+
+def _exit_on_input_error(func):  # type: ignore[no-untyped-def]
+    """Bad input ends the command with its message, not a traceback."""
+    import functools
+
+    from dao_core.errors import DAOInputError
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return func(*args, **kwargs)
+        except DAOInputError as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@_exit_on_input_error
+def train(
+    model: Annotated[str, typer.Option(help="dao-g or dao-p")],
+    data: Annotated[str, typer.Option(help="CSV[:label_column][,CSV[:label_column]...]")],
+    out: Annotated[Path, typer.Option(help="output folder (checkpoints, split, log)")],
+    preset: Annotated[str, typer.Option(help="paper | base | small | tiny")] = "base",
+    init: Annotated[str | None, typer.Option(help="start from this checkpoint")] = None,
+    steps: Annotated[int, typer.Option(help="optimiser steps")] = 10_000,
+    batch_size: Annotated[int, typer.Option(help="structures per step per process")] = 128,
+    lr: float = 5e-4,
+    warmup: int = 500,
+    weight_decay: float = 0.0,
+    energy_loss: Annotated[str, typer.Option(help="mse | exp (authors')")] = "mse",
+    val_fraction: float = 0.1,
+    split: Annotated[
+        Path | None, typer.Option(help="split JSON to reuse (default: make one, seeded)")
+    ] = None,
+    seed: int = 0,
+    time_limit: Annotated[float | None, typer.Option(help="seconds, then save and stop")] = None,
+    eval_every: int = 500,
+    save_every: int = 1000,
+) -> None:
+    """Train DAO-G (Stage I/II, fine-tuning) or DAO-P; resumes if OUT holds a run."""
+    from dao_core.data import load_csv
+    from dao_core.training_data import split_datasets
+
+    from dao_core.train import TrainConfig, standardise_per_dataset
+    from dao_core.train import train as run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    datasets = {str(p): load_csv(p, label) for p, label in _datasets(data)}
+    train_sets, val_sets, split_path = split_datasets(datasets, out, val_fraction, seed, split)
+    cfg = TrainConfig(
+        kind=model, preset=preset, out=str(out), init=init, max_steps=steps,
+        batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, seed=seed,
+        energy_loss=energy_loss, time_limit=time_limit, eval_every=eval_every,
+        save_every=save_every,
+        record={"data": [f"{p}:{label or ''}" for p, label in _datasets(data)],
+                "split": str(split_path)},
+    )  # fmt: skip
+    labelled = [k for k, (p, label) in zip(datasets, _datasets(data), strict=True) if label]
+    if model == "dao-p" and len(labelled) > 1:
+        train_records, cfg.per_dataset = standardise_per_dataset(train_sets)
+        val_records, _ = standardise_per_dataset(val_sets)
+        cfg.label_name, cfg.label_unit = "per-dataset standardised energy", "std. units"
+    else:
+        train_records = [r for rs in train_sets.values() for r in rs]
+        val_records = [r for rs in val_sets.values() for r in rs]
+        if labelled:
+            cfg.label_name = dict(_datasets(data)).get(Path(labelled[0])) or cfg.label_name
+    console.print(f"{len(train_records)} training / {len(val_records)} validation structures")
+    folder = run_training(cfg, train_records, val_records)
+    console.print(f"checkpoints in {folder}")
+
+
+@app.command("relax-dataset")
+@_exit_on_input_error
+def relax_dataset(
+    dao_p: Annotated[str, typer.Option("--dao-p", help="DAO-P checkpoint or bundled name")],
+    data: Annotated[Path, typer.Option(help="CSV in CDVAE layout")],
+    out: Annotated[Path, typer.Option(help="CSV to write (same columns, relaxed CIFs)")],
+    label: Annotated[str | None, typer.Option(help="column of the stability window")] = None,
+    window: Annotated[
+        str, typer.Option(help="'low,high' label window to relax, or 'all'")
+    ] = "0.08,0.5",
+    steps: int = 5,
+    lr: float = 1.0,
+    batch_size: int = 100,
+    device: str | None = None,
+) -> None:
+    """Relax mildly unstable structures of a dataset with DAO-P (L-BFGS on X and L)."""
+    import pandas as pd
+    from dao_core.data import load_csv
+
+    from dao_core.checkpoint import load_model
+    from dao_core.relaxation import relax_records
+
+    model = load_model(dao_p, device=device)
+    records = load_csv(data, label, canonical=False)
+    bounds = None if window == "all" else tuple(float(x) for x in window.split(","))
+    relaxed, moved = relax_records(model, records, bounds, steps, lr, batch_size)  # type: ignore[arg-type]
+    frame = pd.read_csv(data)
+    frame = frame.set_index("material_id", drop=False).loc[[r.material_id for r in records]]
+    frame["cif"] = [r.to_structure().to(fmt="cif") for r in relaxed]
+    frame["dao_relaxed"] = moved
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.reset_index(drop=True).to_csv(out)
+    console.print(f"relaxed {int(moved.sum())} of {len(records)} structures -> {out}")
+
+
+@app.command()
+@_exit_on_input_error
+def sample(
+    formula: str,
+    model: Annotated[str, typer.Option(help="DAO-G checkpoint or bundled name")] = "dao-g-base",
+    n: Annotated[int, typer.Option(help="number of structures")] = 4,
+    guidance: Annotated[str | None, typer.Option(help="DAO-P for energy guidance")] = None,
+    scale: Annotated[float, typer.Option(help="guidance scale w")] = 0.0,
+    steps: int = 1000,
+    formula_units: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    out: Annotated[Path, typer.Option(help="folder for the CIFs")] = Path("samples"),
+) -> None:
+    """Generate N structures for FORMULA and write them as CIFs."""
+    from dao_core.metrics import structure_validity
+
+    from dao_core.csp import generate
+
+    result = generate(formula, n, model, guidance, scale, steps, formula_units, seed, device)
+    out.mkdir(parents=True, exist_ok=True)
+    table = Table("file", "formula", "space group", "volume / atom (A^3)", "valid")
+    for i, structure in enumerate(result.structures):
+        path = out / f"{structure.composition.reduced_formula}_{i:03d}.cif"
+        structure.to(filename=str(path))
+        symbol = structure.get_space_group_info(symprec=0.1)[0]
+        table.add_row(
+            path.name, structure.formula, symbol, f"{structure.volume / len(structure):.2f}",
+            str(structure_validity(structure)),
+        )  # fmt: skip
+    (out / "provenance.json").write_text(json.dumps(result.provenance, indent=2))
+    console.print(table)
+
+
+@app.command()
+@_exit_on_input_error
+def benchmark(
+    model: Annotated[str, typer.Option(help="DAO-G checkpoint or bundled name")],
+    data: Annotated[Path, typer.Option(help="test CSV (CDVAE layout)")],
+    samples: Annotated[int, typer.Option(help="samples per crystal (1 or 20)")] = 1,
+    guidance: Annotated[str | None, typer.Option(help="DAO-P for energy guidance")] = None,
+    scale: float = 0.0,
+    steps: int = 1000,
+    split: Annotated[
+        Path | None, typer.Option(help="evaluate only the 'val' ids of this split JSON")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="first N crystals only")] = None,
+    batch_size: int = 1024,
+    seed: int = 0,
+    device: str | None = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
+) -> None:
+    """CSP benchmark under the DiffCSP protocol: match rate, RMSE, validity, throughput."""
+    from dao_core.data import load_csv, load_split
+
+    from dao_core.benchmark import run_benchmark
+    from dao_core.checkpoint import load_model
+
+    generator = load_model(model, device=device)
+    guide = load_model(guidance, device=device) if guidance and scale > 0 else None
+    records = load_csv(data)
+    if split is not None:
+        keep = set(load_split(split)["val"])
+        records = [r for r in records if r.material_id in keep]
+    records = records[:limit] if limit else records
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("sampling", total=len(records) * samples)
+        result = run_benchmark(
+            generator, records, samples, guide, scale, steps, batch_size, seed,
+            progress=lambda k: bar.advance(task, k),
+        )  # fmt: skip
+    table = Table("data", "crystals", "k", "match rate", "RMSE", "valid", "steps", "w",
+                  "sampling s", "structures/s", "device")  # fmt: skip
+    table.add_row(
+        data.name, str(result.n_crystals), str(samples), f"{100 * result.match_rate:.2f} %",
+        "-" if result.rmse is None else f"{result.rmse:.4f}",
+        f"{100 * result.valid_fraction:.1f} %", str(result.steps), f"{result.scale:g}",
+        f"{result.sampling_s:.1f}", f"{result.structures_per_s:.1f}", result.device,
+    )  # fmt: skip
+    console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps({"data": str(data), **result.to_dict()}, indent=2))
+
+
+@app.command()
+def models() -> None:
+    """List the bundled models with their training data and hashes."""
+    from dao_core.checkpoint import bundled_models, read_config
+
+    table = Table("name", "kind", "preset (H x layers)", "sha256", "trained on")
+    for name in bundled_models():
+        cfg = read_config(name)
+        arch = cfg["crysformer"]
+        table.add_row(
+            name, cfg["kind"], f"{arch['hidden']} x {arch['layers']}", cfg["sha256"][:12],
+            ", ".join(Path(d).parent.name for d in cfg["record"].get("data", [])),
+        )  # fmt: skip
+    console.print(table)

@@ -1,0 +1,88 @@
+"""Crysformer symmetries: O(3) on the lattice, atom permutations, periodic shifts, padding."""
+
+import pytest
+import torch
+
+from dao_core.model import Crysformer, CrysformerConfig
+
+TOL = 1e-9  # float64 throughout: symmetries must hold to round-off
+
+
+@pytest.fixture(scope="module")
+def net() -> Crysformer:
+    torch.manual_seed(0)
+    return Crysformer(CrysformerConfig.preset("tiny")).double().eval()
+
+
+@pytest.fixture(scope="module")
+def crystal() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    b, n = 3, 7
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[1, 5:] = False
+    atom_types = torch.randint(1, 90, (b, n), generator=g) * mask
+    frac = torch.rand(b, n, 3, generator=g, dtype=torch.float64)
+    lattice = 4 * torch.eye(3, dtype=torch.float64) + torch.randn(b, 3, 3, generator=g).double()
+    t = torch.tensor([1, 500, 1000])
+    return dict(atom_types=atom_types, frac=frac, lattice=lattice, mask=mask, t=t)
+
+
+def random_orthogonal(seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(
+        torch.randn(3, 3, generator=torch.Generator().manual_seed(seed)).double()
+    )
+    return q
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rotation_and_reflection(net: Crysformer, crystal: dict, seed: int) -> None:
+    q = random_orthogonal(seed)
+    if seed == 2:  # include an improper rotation (reflection)
+        q = q @ torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+    ref = net(**crystal)
+    rot = net(**{**crystal, "lattice": crystal["lattice"] @ q.T})
+    torch.testing.assert_close(rot.coord, ref.coord, atol=TOL, rtol=0)
+    torch.testing.assert_close(rot.energy, ref.energy, atol=TOL, rtol=0)
+    # The lattice output rotates with L: eps(L Q^T) = eps(L) Q^T.
+    torch.testing.assert_close(rot.lattice, ref.lattice @ q.T, atol=TOL, rtol=0)
+
+
+def test_permutation(net: Crysformer, crystal: dict) -> None:
+    n = crystal["frac"].shape[1]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(3))
+    permuted = {
+        k: (v[:, perm] if k in ("atom_types", "frac", "mask") else v) for k, v in crystal.items()
+    }
+    ref, out = net(**crystal), net(**permuted)
+    torch.testing.assert_close(out.coord, ref.coord[:, perm], atol=TOL, rtol=0)
+    torch.testing.assert_close(out.energy, ref.energy, atol=TOL, rtol=0)
+    torch.testing.assert_close(out.lattice, ref.lattice, atol=TOL, rtol=0)
+
+
+def test_periodic_translation(net: Crysformer, crystal: dict) -> None:
+    shift = torch.tensor([0.37, -0.81, 2.25], dtype=torch.float64)
+    moved = {**crystal, "frac": torch.remainder(crystal["frac"] + shift, 1.0)}
+    ref, out = net(**crystal), net(**moved)
+    # Fourier features are periodic, so wrapping changes only round-off.
+    torch.testing.assert_close(out.coord, ref.coord, atol=1e-8, rtol=0)
+    torch.testing.assert_close(out.energy, ref.energy, atol=1e-8, rtol=0)
+    torch.testing.assert_close(out.lattice, ref.lattice, atol=1e-8, rtol=0)
+
+
+def test_padding_does_not_leak(net: Crysformer, crystal: dict) -> None:
+    """Crystal 1 has 5 real atoms; the same crystal alone, unpadded, gives the same outputs."""
+    alone = {
+        k: v[1:2, :5] if v.dim() > 1 and k != "lattice" else v[1:2] for k, v in crystal.items()
+    }
+    ref, out = net(**crystal), net(**alone)
+    torch.testing.assert_close(out.coord[0], ref.coord[1, :5], atol=TOL, rtol=0)
+    torch.testing.assert_close(out.energy[0], ref.energy[1], atol=TOL, rtol=0)
+    assert torch.all(ref.coord[1, 5:] == 0)
+
+
+def test_paper_preset_size() -> None:
+    """The paper preset is the authors' 384-wide, 12-layer, 8-head model (~25.6 M parameters)."""
+    cfg = CrysformerConfig.preset("paper")
+    assert (cfg.hidden, cfg.layers, cfg.heads, cfg.fourier) == (384, 12, 8, 128)
+    params = sum(p.numel() for p in Crysformer(cfg).parameters())
+    assert 24e6 < params < 27e6
