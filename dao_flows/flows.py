@@ -1,0 +1,210 @@
+"""The DAO crystal-structure-prediction workflow: generate -> relax -> rank (-> verify).
+
+``dao_csp_flow("CsV3Sb5")`` is the one-line entry point::
+
+    from jobflow import run_locally
+    from dao_flows import dao_csp_flow, get_store
+
+    run_locally(dao_csp_flow("CsV3Sb5", n=20, n_random=10), store=get_store())
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from jobflow import Flow, Job, Maker
+from jobflow.core.job import JobConfig
+from jobflow.core.reference import OnMissing
+from jobflow.utils import suid
+
+from dao_flows.generation import DAOGenerationMaker, validate_request
+from dao_flows.ranking import RankingMaker
+from dao_flows.relax import BatchedRelaxMaker, default_relax_maker
+
+RelaxMode = Literal["per-candidate", "batched"]
+
+
+def candidate_ids(n: int, n_random: int) -> list[str]:
+    """Ids the generation job gives its candidates, known before it runs (for job names)."""
+    return [f"dao-g-{i:03d}" for i in range(n)] + [f"pyxtal-{i:03d}" for i in range(n_random)]
+
+
+def _relax_settings(maker: Any) -> dict[str, Any]:
+    """A JSON-able summary of a relaxation maker for the result's provenance."""
+    keys = ("name", "force_field_name", "fmax", "steps", "relax_cell", "relax_kwargs", "device")
+    out = {k: getattr(maker, k) for k in keys if hasattr(maker, k)}
+    out["maker"] = f"{type(maker).__module__}.{type(maker).__name__}"
+    return {k: (str(v) if not isinstance(v, int | float | str | bool | dict | None) else v)
+            for k, v in out.items()}
+
+
+@dataclass
+class DAOCSPMaker(Maker):
+    """Generation (DAO-G [+ pyxtal]) -> ML relaxation -> ranking, as one jobflow Flow.
+
+    Parameters
+    ----------
+    generation_maker
+        Makes the candidates; its ``n``/``n_random`` fix the number of relaxation jobs.
+    relax_mode
+        ``"per-candidate"``: one ``relax_maker`` job per candidate (spreads over FireWorks
+        workers); ``"batched"``: one :class:`BatchedRelaxMaker` job for all of them.
+    relax_maker
+        Any atomate2-style maker whose ``make(structure)`` returns a task document with a
+        final structure and energy; default: CHGNet ``ForceFieldRelaxMaker``.
+    verify_top, dft_maker
+        Hook for DFT verification of the ``verify_top`` best polymorphs:
+        ``dft_maker.make(structure)`` jobs are added after the ranking. With ``verify_top > 0``
+        and no ``dft_maker``, ``dao_flows.qe.PWMaker()`` (Quantum ESPRESSO) is used.
+    """
+
+    name: str = "dao csp"
+    generation_maker: DAOGenerationMaker = field(default_factory=DAOGenerationMaker)
+    relax_mode: RelaxMode = "per-candidate"
+    relax_maker: Maker | None = None
+    batched_relax_maker: BatchedRelaxMaker = field(default_factory=BatchedRelaxMaker)
+    ranking_maker: RankingMaker = field(default_factory=RankingMaker)
+    verify_top: int = 0
+    dft_maker: Maker | None = None
+
+    def make(self, formula: str, formula_units: int | None = None) -> Flow:
+        """The CSP flow for one composition; its output is the :class:`CSPResultDoc`.
+
+        Raises :class:`dao_core.errors.DAOInputError` before creating any job if the formula,
+        an element, the atom count or the number of candidates is invalid.
+        """
+        from dao_core.errors import DAOInputError
+
+        gen_maker = self.generation_maker
+        formula_units = formula_units if formula_units is not None else gen_maker.formula_units
+        validate_request(formula, gen_maker.n, gen_maker.n_random, formula_units)
+        if self.relax_mode not in ("per-candidate", "batched"):
+            raise DAOInputError(
+                f"relax mode must be 'per-candidate' or 'batched', got {self.relax_mode!r}"
+            )
+        if self.verify_top < 0:
+            raise DAOInputError(f"verify_top must be >= 0, got {self.verify_top}")
+        dft_maker = self.dft_maker
+        if self.verify_top > 0 and dft_maker is None:
+            from dao_flows.qe import PWMaker  # lazy: QE support is optional
+
+            dft_maker = PWMaker()
+
+        run_uuid = suid()
+        gen = gen_maker.make(formula, formula_units)
+        jobs: list[Job] = [gen]
+        relax_jobs: list[dict[str, str]] = []
+        if self.relax_mode == "batched":
+            batch = self.batched_relax_maker.make(gen.output)
+            jobs.append(batch)
+            relaxations: Any = batch.output
+            settings = _relax_settings(self.batched_relax_maker)
+        else:
+            relax_maker = self.relax_maker or default_relax_maker()
+            outputs = []
+            ids = candidate_ids(gen_maker.n, gen_maker.n_random)
+            for i, cid in enumerate(ids):
+                # A reference into the generation document: static fan-out, so the whole
+                # graph (and every FireWorks firework) exists before anything runs.
+                relax = relax_maker.make(gen.output.candidates[i].structure)
+                relax.name = f"{relax_maker.name} {cid}"
+                jobs.append(relax)
+                outputs.append(relax.output)
+                relax_jobs.append({"uuid": relax.uuid, "name": relax.name})
+            relaxations = outputs
+            settings = _relax_settings(relax_maker)
+
+        rank = self.ranking_maker.make(
+            gen.output,
+            relaxations,
+            run_uuid=run_uuid,
+            relax_mode=self.relax_mode,
+            relax_jobs=relax_jobs,
+            relax_settings=settings,
+            verify_top=self.verify_top,
+            dft_maker=dft_maker if self.verify_top > 0 else None,
+        )
+        # Failed relaxations must reach the ranking as None, not cancel it.
+        rank.config = JobConfig(on_missing_references=OnMissing.NONE)
+        jobs.append(rank)
+        flow = Flow(jobs, output=rank.output, name=f"{self.name} {formula}", uuid=run_uuid)
+        flow.update_metadata({"dao_run": run_uuid, "formula": formula})
+        return flow
+
+
+def dao_csp_flow(
+    composition: str,
+    *,
+    n: int = 20,
+    n_random: int = 0,
+    steps: int = 1000,
+    scale: float | None = None,
+    formula_units: int | None = None,
+    seed: int | None = None,
+    model: str | None = None,
+    guidance: str | None = "default",
+    relax: RelaxMode = "per-candidate",
+    force_field: str = "CHGNet",
+    fmax: float = 0.05,
+    relax_steps: int = 500,
+    relax_maker: Maker | None = None,
+    device: str | None = None,
+    score_model: str | None = "default",
+    symprec: float = 0.1,
+    verify_top: int = 0,
+    dft_maker: Maker | None = None,
+) -> Flow:
+    """One-line CSP workflow for ``composition`` (see :class:`DAOCSPMaker`).
+
+    ``n`` DAO-G samples (``steps`` diffusion steps, DAO-P guidance at ``scale``) plus
+    ``n_random`` pyxtal structures are relaxed (``relax="per-candidate"`` jobs or one
+    ``"batched"`` job; ``force_field``, ``fmax``, ``relax_steps``) and ranked. ``model``,
+    ``guidance``, ``score_model`` accept bundled names or checkpoint paths.
+    """
+    gen_kwargs: dict[str, Any] = dict(
+        n=n,
+        n_random=n_random,
+        steps=steps,
+        formula_units=formula_units,
+        seed=seed,
+        model=model,
+        guidance=guidance,
+        device=device,
+    )
+    if scale is not None:
+        gen_kwargs["scale"] = scale
+    if relax == "batched" and force_field.lower() != "chgnet":
+        from dao_core.errors import DAOInputError
+
+        raise DAOInputError(f"batched relaxation supports CHGNet only, not {force_field!r}")
+    maker = DAOCSPMaker(
+        generation_maker=DAOGenerationMaker(**gen_kwargs),
+        relax_mode=relax,
+        relax_maker=relax_maker
+        or default_relax_maker(force_field, fmax=fmax, steps=relax_steps, device=device),
+        batched_relax_maker=BatchedRelaxMaker(fmax=fmax, steps=relax_steps, device=device),
+        ranking_maker=RankingMaker(symprec=symprec, score_model=score_model, device=device),
+        verify_top=verify_top,
+        dft_maker=dft_maker,
+    )
+    return maker.make(composition, formula_units)
+
+
+def dao_csp_batch_flow(formulas: list[str], **options: Any) -> Flow:
+    """Several compositions in one flow (one CSP sub-flow each, run independently).
+
+    Every formula is validated before any job is created.
+    """
+    from dao_core.errors import DAOInputError
+
+    if not formulas:
+        raise DAOInputError("no formulas given")
+    for formula in formulas:  # fail fast, before building anything
+        validate_request(
+            formula, options.get("n", 20), options.get("n_random", 0), options.get("formula_units")
+        )
+    subflows = [dao_csp_flow(f, **options) for f in formulas]
+    return Flow(
+        subflows, output=[f.output for f in subflows], name=f"dao csp batch ({len(formulas)})"
+    )

@@ -1,0 +1,255 @@
+"""Candidate generation: DAO-G samples (optionally DAO-P guided) plus symmetric random
+structures from pyxtal, screened for sanity before anything is relaxed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from jobflow import Maker, job
+from pymatgen.core import Composition, Element, Structure
+
+from dao_flows.schemas import CandidateDoc, GenerationDoc, package_versions
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SCALE = 20.0  # the authors' guidance scale (method doc, section 5)
+MIN_DISTANCE = 0.5  # Å; DAO's structural validity threshold (method doc, section 7)
+# Per-atom volume window outside which a candidate is hopeless and, worse, a dense cell can
+# make an ML potential's neighbour graph explode (minutes and GBs for one structure).
+MIN_VOLUME_PER_ATOM = 2.0
+MAX_VOLUME_PER_ATOM = 500.0
+
+
+def default_generator() -> str:
+    """DAO-G checkpoint used when none is given: ``$DAO_G_MODEL`` or the bundled base model."""
+    return os.environ.get("DAO_G_MODEL", "dao-g-base")
+
+
+def default_guidance() -> str:
+    """DAO-P checkpoint used when none is given: ``$DAO_P_MODEL`` or the bundled base model."""
+    return os.environ.get("DAO_P_MODEL", "dao-p-base")
+
+
+def validate_request(
+    formula: str, n: int, n_random: int = 0, formula_units: int | None = None
+) -> np.ndarray:
+    """Check a CSP request before any job exists; returns the atomic numbers of the cell.
+
+    Raises :class:`dao_core.errors.DAOInputError` for a bad formula, unknown element, too many
+    atoms (>100) or a request for no candidates.
+    """
+    from dao_core.data import parse_composition
+    from dao_core.errors import DAOInputError
+
+    if not isinstance(n, int | np.integer) or n < 1:
+        raise DAOInputError(f"number of DAO-G candidates must be at least 1, got {n!r}")
+    if not isinstance(n_random, int | np.integer) or n_random < 0:
+        raise DAOInputError(f"number of random candidates must be >= 0, got {n_random!r}")
+    if formula_units is not None and formula_units < 1:
+        raise DAOInputError(f"formula units must be at least 1, got {formula_units}")
+    return parse_composition(formula, formula_units)
+
+
+def check_structure(structure: Structure | None) -> tuple[str | None, float | None, float | None]:
+    """(issue or None, min distance Å, volume per atom Å^3) for a raw candidate."""
+    if structure is None:
+        return "no structure was produced", None, None
+    lattice = np.asarray(structure.lattice.matrix)
+    frac = np.asarray(structure.frac_coords)
+    if not (np.isfinite(lattice).all() and np.isfinite(frac).all()):
+        return "non-finite lattice or coordinates", None, None
+    volume = float(abs(np.linalg.det(lattice)))
+    vpa = volume / len(structure)
+    if volume < 0.1 or vpa < MIN_VOLUME_PER_ATOM:
+        return f"collapsed cell ({vpa:.3g} Å^3/atom < {MIN_VOLUME_PER_ATOM})", None, vpa
+    if vpa > MAX_VOLUME_PER_ATOM:
+        return f"exploded cell ({vpa:.3g} Å^3/atom > {MAX_VOLUME_PER_ATOM})", None, vpa
+    if len(structure) > 1:
+        dm = structure.distance_matrix
+        dmin = float(dm[np.triu_indices(len(structure), k=1)].min())
+    else:
+        dmin = float(min(structure.lattice.abc))
+    # A single atom also sees its own periodic images.
+    dmin = min(dmin, float(min(structure.lattice.abc)))
+    if dmin < MIN_DISTANCE:
+        return f"overlapping atoms (min distance {dmin:.3f} Å < {MIN_DISTANCE} Å)", dmin, vpa
+    return None, dmin, vpa
+
+
+def random_candidates(
+    atomic_numbers: np.ndarray, n: int, seed: int, max_attempts: int = 60
+) -> list[tuple[Structure | None, dict]]:
+    """``n`` symmetric random structures (pyxtal) for a cell with these atoms.
+
+    Space groups are drawn at random among those compatible with the composition; P1 is the
+    fallback, so a slot only stays empty if pyxtal itself fails.
+    """
+    from pyxtal import pyxtal
+
+    counts = Counter(int(z) for z in atomic_numbers)
+    species = [Element.from_Z(z).symbol for z in counts]
+    num_ions = [counts[z] for z in counts]
+    rng = np.random.default_rng(seed)
+    out: list[tuple[Structure | None, dict]] = []
+    for _ in range(n):
+        structure, meta, errors = None, {}, []
+        for attempt in range(max_attempts):
+            group = int(rng.integers(1, 231)) if attempt < max_attempts - 1 else 1
+            crystal = pyxtal()
+            try:
+                crystal.from_random(
+                    3, group, species, num_ions, random_state=int(rng.integers(2**31))
+                )
+            except Exception as exc:  # noqa: BLE001 - pyxtal raises many types
+                errors.append(type(exc).__name__)
+                continue
+            if not crystal.valid:
+                continue
+            structure = crystal.to_pymatgen()
+            meta = {"pyxtal_spacegroup": group, "attempts": attempt + 1}
+            break
+        if structure is None:
+            meta = {"errors": sorted(set(errors))}
+        out.append((structure, meta))
+    return out
+
+
+@dataclass
+class DAOGenerationMaker(Maker):
+    """Composition -> candidate structures from DAO-G (+ optional pyxtal random ones).
+
+    Parameters
+    ----------
+    n
+        Number of DAO-G samples.
+    n_random
+        Number of symmetry-aware random structures (pyxtal) ranked together with them.
+    model, guidance
+        DAO-G / DAO-P checkpoint (bundled name or path). ``guidance=None`` or ``scale=0``
+        samples without energy guidance. Defaults honour ``$DAO_G_MODEL`` / ``$DAO_P_MODEL``.
+    score
+        Also record the DAO-P energy score of every valid raw candidate.
+    """
+
+    name: str = "dao generate"
+    n: int = 20
+    n_random: int = 0
+    model: str | None = None
+    guidance: str | None = "default"
+    scale: float = DEFAULT_SCALE
+    steps: int = 1000
+    formula_units: int | None = None
+    seed: int | None = None
+    device: str | None = None
+    batch_size: int = 256
+    score: bool = True
+
+    def __post_init__(self) -> None:
+        # Resolved here (not as dataclass defaults) so env vars set after import still count.
+        if self.model is None:
+            self.model = default_generator()
+        if self.guidance == "default":
+            self.guidance = default_guidance()
+
+    @job
+    def make(self, formula: str, formula_units: int | None = None) -> GenerationDoc:
+        from dao_core.csp import generate, score_energy
+
+        formula_units = formula_units if formula_units is not None else self.formula_units
+        atoms = validate_request(formula, self.n, self.n_random, formula_units)
+        seed = self.seed
+        if seed is None:  # pick one and record it, so every run is reproducible
+            seed = int(np.random.SeedSequence().entropy % (2**31))
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        result = generate(
+            formula,
+            self.n,
+            model=self.model,
+            guidance=self.guidance,
+            scale=self.scale,
+            steps=self.steps,
+            formula_units=formula_units,
+            seed=seed,
+            device=self.device,
+            batch_size=self.batch_size,
+        )
+        timings["dao_g_s"] = time.perf_counter() - t0
+        raw: list[tuple[str, Structure | None, dict]] = [
+            ("dao-g", s, {}) for s in result.structures
+        ]
+
+        if self.n_random:
+            t0 = time.perf_counter()
+            for structure, meta in random_candidates(atoms, self.n_random, seed + 1):
+                raw.append(("pyxtal", structure, meta))
+            timings["pyxtal_s"] = time.perf_counter() - t0
+
+        candidates: list[CandidateDoc] = []
+        counters: Counter[str] = Counter()
+        for index, (source, structure, meta) in enumerate(raw):
+            issue, dmin, vpa = check_structure(structure)
+            if structure is None and meta.get("errors"):
+                issue = f"pyxtal produced no structure ({', '.join(meta['errors'])})"
+            candidates.append(
+                CandidateDoc(
+                    candidate_id=f"{source}-{counters[source]:03d}",
+                    index=index,
+                    source=source,  # type: ignore[arg-type]
+                    structure=structure if issue is None else None,
+                    raw_structure=structure,
+                    valid=issue is None,
+                    issue=issue,
+                    min_distance=dmin,
+                    volume_per_atom=vpa,
+                    metadata=meta,
+                )
+            )
+            counters[source] += 1
+
+        provenance = dict(result.provenance)
+        provenance.update(
+            {
+                "seed": seed,
+                "pyxtal_seed": seed + 1 if self.n_random else None,
+                "n_random": self.n_random,
+                "checks": {
+                    "min_distance": MIN_DISTANCE,
+                    "volume_per_atom": [MIN_VOLUME_PER_ATOM, MAX_VOLUME_PER_ATOM],
+                },
+                "versions": package_versions(),
+            }
+        )
+
+        scorer = self.guidance if self.guidance is not None else None
+        valid = [c for c in candidates if c.valid]
+        if self.score and scorer and valid:
+            t0 = time.perf_counter()
+            try:
+                structures = [c.structure for c in valid]
+                scores = score_energy(structures, model=scorer, device=self.device)
+                for c, s in zip(valid, scores, strict=True):
+                    c.dao_p_score = float(s) if np.isfinite(s) else None
+            except Exception as exc:  # noqa: BLE001 - scoring is optional information
+                logger.warning("DAO-P scoring of raw candidates failed: %s", exc)
+                provenance["score_error"] = f"{type(exc).__name__}: {exc}"
+            timings["score_s"] = time.perf_counter() - t0
+
+        composition = Composition(formula)
+        return GenerationDoc(
+            formula=formula,
+            reduced_formula=composition.reduced_formula,
+            formula_units=formula_units,
+            n_atoms=int(len(atoms)),
+            n_dao_g=self.n,
+            n_random=self.n_random,
+            candidates=candidates,
+            provenance=provenance,
+            timings={k: round(v, 4) for k, v in timings.items()},
+        )
