@@ -50,11 +50,22 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save_model(model: DAOModel, folder: str | Path, record: dict[str, Any] | None = None) -> str:
-    """Write config + weights; returns the content hash. ``record`` is free-form provenance."""
+def save_model(
+    model: DAOModel,
+    folder: str | Path,
+    record: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> str:
+    """Write config + weights; returns the content hash. ``record`` is free-form provenance.
+
+    ``dtype=torch.float16`` halves the file for shipping; loading casts back to float32.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    weights = {
+        k: v.detach().cpu().to(dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.net.state_dict().items()
+    }
     save_file(weights, folder / WEIGHTS_FILE)
     digest = file_hash(folder / WEIGHTS_FILE)
     config = {
@@ -86,7 +97,9 @@ def load_model(name_or_path: str | Path | DAOModel, device: str | None = None) -
             EnergyLabel(**config["energy_label"]),
             steps=config["diffusion_steps"],
         )
-        model.net.load_state_dict(load_file(folder / WEIGHTS_FILE))
+        weights = {k: v.float() if v.is_floating_point() else v
+                   for k, v in load_file(folder / WEIGHTS_FILE).items()}  # fmt: skip
+        model.net.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
         raise DAOInputError(f"checkpoint {folder} is unreadable: {exc}") from exc
     model.name = str(name_or_path)

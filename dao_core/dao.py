@@ -180,10 +180,15 @@ class DAOModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fractional coordinates (B, N, 3) and lattices (B, 3, 3) for padded compositions."""
 
+        # bf16 on GPU: the sampler's arithmetic stays in float32, only the networks run in bf16.
+        amp = torch.autocast("cuda", torch.bfloat16, enabled=atom_types.is_cuda)
+
         def score_fn(
             frac: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor
         ) -> CrysformerOutput:
-            return self.net(atom_types, frac, lattice, mask, t)
+            with amp:
+                out = self.net(atom_types, frac, lattice, mask, t)
+            return CrysformerOutput(*(x.float() for x in out))
 
         energy_fn = None
         if guidance is not None and scale > 0:
@@ -191,7 +196,8 @@ class DAOModel(nn.Module):
             def energy_fn(
                 frac: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor
             ) -> torch.Tensor:
-                return guidance.energy(atom_types, frac, lattice, mask, t)
+                with amp:
+                    return guidance.energy(atom_types, frac, lattice, mask, t).float()
 
         return sample(score_fn, self.schedule, mask, steps, step_lr, energy_fn, scale, generator)
 

@@ -1,4 +1,4 @@
-"""Errors raised for bad user input; each message names the offending formula, element, count or file."""
+"""Errors for bad user input; each message names the formula, element, count or file."""
 
 
 class DAOInputError(ValueError):

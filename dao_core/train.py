@@ -24,7 +24,7 @@ from torch import nn
 
 from dao_core.checkpoint import load_model, save_model
 from dao_core.dao import DAOModel, EnergyLabel
-from dao_core.data import CrystalBatch, CrystalRecord
+from dao_core.data import CrystalBatch, CrystalRecord, load_split, save_split, split_records
 from dao_core.model import CrysformerConfig
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,35 @@ def standardise_per_dataset(
             r if r.energy is None else replace(r, energy=(r.energy - mean) / std) for r in records
         )
     return merged, stats
+
+
+def split_datasets(
+    datasets: dict[str, list[CrystalRecord]],
+    out: str | Path,
+    val_fraction: float,
+    seed: int,
+    split: str | Path | None = None,
+) -> tuple[dict[str, list[CrystalRecord]], dict[str, list[CrystalRecord]], Path]:
+    """Seeded train/validation split of each data set, recorded as ``out/split.json``.
+
+    The split is by material id, so a later stage (Stage II on relaxed copies of the same
+    structures, fine-tuning) reuses it by passing ``split``; an id held out in one data set is
+    held out in every data set, so nothing validated on is trained on.
+    """
+    if split is not None:
+        val_ids = set(load_split(split)["val"])
+    else:
+        val_ids = set()
+        for records in datasets.values():
+            _, val_idx = split_records(len(records), val_fraction, seed)
+            val_ids.update(records[i].material_id for i in val_idx)
+    train_sets = {k: [r for r in v if r.material_id not in val_ids] for k, v in datasets.items()}
+    val_sets = {k: [r for r in v if r.material_id in val_ids] for k, v in datasets.items()}
+    path = Path(out) / "split.json"
+    if split is None or Path(split).resolve() != path.resolve():
+        train_ids = sorted({r.material_id for v in train_sets.values() for r in v})
+        save_split(path, train_ids, sorted(val_ids), seed, list(datasets))
+    return train_sets, val_sets, path
 
 
 def _setup_distributed() -> tuple[int, int, torch.device]:
@@ -270,7 +299,7 @@ def train(
             step += 1
             seen += len(idx) * world
             if step % 50 == 0 or step == cfg.max_steps:
-                entry = {"step": step, **{k: round(float(v), 5) for k, v in losses.items()}}
+                entry = {"step": step, **{k: round(v.item(), 5) for k, v in losses.items()}}
                 entry["structures_per_s"] = round(seen / (time.perf_counter() - started), 1)
                 history.append(entry)
                 if rank == 0:

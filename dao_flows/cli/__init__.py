@@ -10,10 +10,4 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-from dao_flows.cli import models  # noqa: E402,F401  (registers commands on ``app``)
-
-try:
-    from dao_flows.cli import flows  # noqa: E402,F401
-except ImportError as exc:  # pragma: no cover - only while the workflow layer is absent
-    if exc.name != "dao_flows.cli.flows":
-        raise
+from dao_flows.cli import flows, models  # noqa: E402,F401  (register their commands)

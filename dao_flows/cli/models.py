@@ -69,10 +69,9 @@ def train(
     save_every: int = 1000,
 ) -> None:
     """Train DAO-G (Stage I/II, fine-tuning) or DAO-P; resumes if OUT holds a run."""
-    from dao_core.data import load_csv
-    from dao_core.training_data import split_datasets
 
-    from dao_core.train import TrainConfig, standardise_per_dataset
+    from dao_core.data import load_csv
+    from dao_core.train import TrainConfig, split_datasets, standardise_per_dataset
     from dao_core.train import train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -111,6 +110,9 @@ def relax_dataset(
     window: Annotated[
         str, typer.Option(help="'low,high' label window to relax, or 'all'")
     ] = "0.08,0.5",
+    relative_to_min: Annotated[
+        bool, typer.Option(help="window on label - min(label), e.g. energy above the lowest")
+    ] = False,
     steps: int = 5,
     lr: float = 1.0,
     batch_size: int = 100,
@@ -118,14 +120,17 @@ def relax_dataset(
 ) -> None:
     """Relax mildly unstable structures of a dataset with DAO-P (L-BFGS on X and L)."""
     import pandas as pd
-    from dao_core.data import load_csv
 
     from dao_core.checkpoint import load_model
+    from dao_core.data import load_csv
     from dao_core.relaxation import relax_records
 
     model = load_model(dao_p, device=device)
     records = load_csv(data, label, canonical=False)
     bounds = None if window == "all" else tuple(float(x) for x in window.split(","))
+    if relative_to_min and bounds is not None:
+        low = min(r.energy for r in records if r.energy is not None)
+        bounds = (bounds[0] + low, bounds[1] + low)
     relaxed, moved = relax_records(model, records, bounds, steps, lr, batch_size)  # type: ignore[arg-type]
     frame = pd.read_csv(data)
     frame = frame.set_index("material_id", drop=False).loc[[r.material_id for r in records]]
@@ -151,9 +156,8 @@ def sample(
     out: Annotated[Path, typer.Option(help="folder for the CIFs")] = Path("samples"),
 ) -> None:
     """Generate N structures for FORMULA and write them as CIFs."""
-    from dao_core.metrics import structure_validity
-
     from dao_core.csp import generate
+    from dao_core.metrics import structure_validity
 
     result = generate(formula, n, model, guidance, scale, steps, formula_units, seed, device)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,10 +193,9 @@ def benchmark(
     json_out: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
 ) -> None:
     """CSP benchmark under the DiffCSP protocol: match rate, RMSE, validity, throughput."""
-    from dao_core.data import load_csv, load_split
-
     from dao_core.benchmark import run_benchmark
     from dao_core.checkpoint import load_model
+    from dao_core.data import load_csv, load_split
 
     generator = load_model(model, device=device)
     guide = load_model(guidance, device=device) if guidance and scale > 0 else None

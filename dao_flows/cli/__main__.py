@@ -1,0 +1,3 @@
+from dao_flows.cli import app
+
+app()
