@@ -52,7 +52,8 @@ class TrainConfig:
     per_dataset: dict = field(default_factory=dict)  # label statistics when standardised per set
     eval_every: int = 500
     save_every: int = 1000
-    time_limit: float | None = None  # seconds; checkpoint and stop cleanly (rationed GPU time)
+    time_limit: float | None = None  # seconds; checkpoint and stop, to resume later
+    time_budget: float | None = None  # seconds; the whole run, schedule included, ends by then
     record: dict = field(default_factory=dict)  # provenance written into the checkpoint
 
 
@@ -102,11 +103,21 @@ def bucketed_batches(
     yield from (b.tolist() for b in batches[rank * per_rank : (rank + 1) * per_rank])
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
+def progress(step: int, elapsed: float, cfg: TrainConfig) -> float:
+    """Fraction of the run done: by steps, or by time when a time budget ends it sooner."""
+    done = step / cfg.max_steps
+    if cfg.time_budget:
+        done = max(done, elapsed / cfg.time_budget)
+    return min(done, 1.0)
+
+
+def lr_factor(step: int, done: float, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_lr_ratio``."""
     if step < cfg.warmup:
         return (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    warm = min(cfg.warmup / cfg.max_steps, 0.5)
+    x = max(0.0, (done - warm) / (1 - warm))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * x))
 
 
 def energy_stats(records: Sequence[CrystalRecord]) -> tuple[float, float]:
@@ -255,12 +266,11 @@ def train(
             find_unused_parameters=cfg.kind == "dao-g",  # DAO-G never uses the energy head
         )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    step, epoch, history = 0, 0, []
+    step, epoch, history, trained_s = 0, 0, [], 0.0
     if resume:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        trained_s = state["trained_s"]
         step, epoch, history = state["step"], state["epoch"], json.loads(state["history"])
     use_amp = cfg.amp and device.type == "cuda"
     started = time.perf_counter()
@@ -272,10 +282,11 @@ def train(
             return
         record = {**cfg.record, "config": asdict(cfg), "step": step, "history": history[-20:]}
         save_model(model, out / folder, record)
+        (out / "history.json").write_text(json.dumps(history))
         torch.save(
             {
                 "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
+                "trained_s": trained_s + time.perf_counter() - started,
                 "step": step,
                 "epoch": epoch,
                 "history": json.dumps(history),
@@ -283,11 +294,21 @@ def train(
             state_path,
         )
 
+    def elapsed() -> float:
+        """Training seconds so far, the same on every rank (the schedule depends on it)."""
+        value = torch.tensor([trained_s + time.perf_counter() - started], device=device)
+        if world > 1:
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return float(value.item())
+
+    done = progress(step, trained_s, cfg)
     stop = False
-    while step < cfg.max_steps and not stop:
+    while done < 1.0 and not stop:
         for idx in bucketed_batches(
             train_records, cfg.batch_size, cfg.seed + epoch, rank, world, max_atoms
         ):
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, done, cfg)
             batch = CrystalBatch.from_records([train_records[i] for i in idx]).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 losses = module(batch)
@@ -295,11 +316,13 @@ def train(
             losses["total"].backward()
             torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip_value)
             opt.step()
-            sched.step()
             step += 1
             seen += len(idx) * world
-            if step % 50 == 0 or step == cfg.max_steps:
+            seconds = elapsed()
+            done = progress(step, seconds, cfg)
+            if step % 50 == 0 or done >= 1.0:
                 entry = {"step": step, **{k: round(v.item(), 5) for k, v in losses.items()}}
+                entry["lr"] = opt.param_groups[0]["lr"]
                 entry["structures_per_s"] = round(seen / (time.perf_counter() - started), 1)
                 history.append(entry)
                 if rank == 0:
@@ -310,18 +333,12 @@ def train(
                 log.info("validation %s", history[-1])
             if step % cfg.save_every == 0:
                 checkpoint("last")
-            elapsed = time.perf_counter() - started
-            if cfg.time_limit and elapsed > cfg.time_limit:
-                stop = True
-            if world > 1:  # all ranks must agree to stop, or the next all-reduce hangs
-                flag = torch.tensor([float(stop)], device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stop = bool(flag.item())
-            if stop or step >= cfg.max_steps:
+            stop = bool(cfg.time_limit and seconds - trained_s > cfg.time_limit)
+            if stop or done >= 1.0:
                 break
         epoch += 1
     checkpoint("last")
-    if step >= cfg.max_steps:
+    if done >= 1.0:
         if val_records and rank == 0:
             val = evaluate(model, val_records, cfg.batch_size, cfg.seed)
             history.append({"step": step, **{f"val_{k}": round(v, 5) for k, v in val.items()}})

@@ -64,7 +64,12 @@ def train(
         Path | None, typer.Option(help="split JSON to reuse (default: make one, seeded)")
     ] = None,
     seed: int = 0,
-    time_limit: Annotated[float | None, typer.Option(help="seconds, then save and stop")] = None,
+    time_limit: Annotated[
+        float | None, typer.Option(help="seconds, then save and stop (resume by rerunning)")
+    ] = None,
+    time_budget: Annotated[
+        float | None, typer.Option(help="seconds for the whole run; the LR schedule follows it")
+    ] = None,
     eval_every: int = 500,
     save_every: int = 1000,
 ) -> None:
@@ -80,7 +85,8 @@ def train(
     cfg = TrainConfig(
         kind=model, preset=preset, out=str(out), init=init, max_steps=steps,
         batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, seed=seed,
-        energy_loss=energy_loss, time_limit=time_limit, eval_every=eval_every,
+        energy_loss=energy_loss, time_limit=time_limit, time_budget=time_budget,
+        eval_every=eval_every,
         save_every=save_every,
         record={"data": [f"{p}:{label or ''}" for p, label in _datasets(data)],
                 "split": str(split_path)},
