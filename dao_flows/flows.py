@@ -35,6 +35,8 @@ def _relax_settings(maker: Any) -> dict[str, Any]:
     keys = ("name", "force_field_name", "fmax", "steps", "relax_cell", "relax_kwargs", "device")
     out = {k: getattr(maker, k) for k in keys if hasattr(maker, k)}
     out["maker"] = f"{type(maker).__module__}.{type(maker).__name__}"
+    if "force_field_name" in out:  # atomate2 stores "MLFF.CHGNet"
+        out["force_field_name"] = str(out["force_field_name"]).split("MLFF.")[-1]
     return {k: (str(v) if not isinstance(v, int | float | str | bool | dict | None) else v)
             for k, v in out.items()}
 
@@ -83,6 +85,11 @@ class DAOCSPMaker(Maker):
             raise DAOInputError(
                 f"relax mode must be 'per-candidate' or 'batched', got {self.relax_mode!r}"
             )
+        from dao_core.checkpoint import resolve
+
+        for ckpt in (gen_maker.model, gen_maker.guidance, self.ranking_maker.score_model):
+            if ckpt:
+                resolve(ckpt)  # unknown checkpoint name/path: DAOInputError now, not in a job
         if self.verify_top < 0:
             raise DAOInputError(f"verify_top must be >= 0, got {self.verify_top}")
         dft_maker = self.dft_maker

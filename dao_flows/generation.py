@@ -35,6 +35,28 @@ def default_guidance() -> str:
     return os.environ.get("DAO_P_MODEL", "dao-p-base")
 
 
+_MODEL_CACHE: dict[tuple[str, float, str], object] = {}
+
+
+def cached_model(name_or_path: str, device: str | None = None):  # type: ignore[no-untyped-def]
+    """``dao_core.checkpoint.load_model`` with a small per-process cache.
+
+    Generation, scoring and ranking jobs running in one process (run_locally, a FireWorks
+    rapidfire loop) load each checkpoint once; the key includes the weights' mtime so a
+    re-trained checkpoint is picked up.
+    """
+    from dao_core.checkpoint import WEIGHTS_FILE, default_device, load_model, resolve
+
+    folder = resolve(name_or_path)
+    dev = str(default_device(device))
+    key = (str(folder.resolve()), (folder / WEIGHTS_FILE).stat().st_mtime, dev)
+    if key not in _MODEL_CACHE:
+        if len(_MODEL_CACHE) >= 4:
+            _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
+        _MODEL_CACHE[key] = load_model(name_or_path, device=dev)
+    return _MODEL_CACHE[key]
+
+
 def validate_request(
     formula: str, n: int, n_random: int = 0, formula_units: int | None = None
 ) -> np.ndarray:
@@ -168,11 +190,13 @@ class DAOGenerationMaker(Maker):
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
+        generator = cached_model(self.model, self.device)
+        guide = cached_model(self.guidance, self.device) if self.guidance else None
         result = generate(
             formula,
             self.n,
-            model=self.model,
-            guidance=self.guidance,
+            model=generator,
+            guidance=guide,
             scale=self.scale,
             steps=self.steps,
             formula_units=formula_units,
@@ -227,9 +251,11 @@ class DAOGenerationMaker(Maker):
             }
         )
 
-        scorer = self.guidance if self.guidance is not None else None
         valid = [c for c in candidates if c.valid]
-        if self.score and scorer and valid:
+        scorer = guide
+        if self.score and scorer is None and self.guidance:
+            scorer = cached_model(self.guidance, self.device)
+        if self.score and scorer is not None and valid:
             t0 = time.perf_counter()
             try:
                 structures = [c.structure for c in valid]

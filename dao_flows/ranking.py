@@ -268,9 +268,12 @@ class RankingMaker(Maker):
         if self.score_model and groups:
             try:
                 from dao_core.csp import score_energy
+                from dao_flows.generation import cached_model
 
                 raw = score_energy(
-                    [rep.structure for rep, _ in groups], model=self.score_model, device=self.device
+                    [rep.structure for rep, _ in groups],
+                    model=cached_model(self.score_model, self.device),
+                    device=self.device,
                 )
                 scores = [float(s) if np.isfinite(s) else None for s in raw]
             except Exception as exc:  # noqa: BLE001 - scores are informative, not essential

@@ -21,17 +21,15 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from atomate2.forcefields.jobs import ForceFieldRelaxMaker, forcefield_job
 from jobflow import Maker, job
 from pymatgen.core import Lattice, Structure
 
 from dao_flows.schemas import BatchedRelaxDoc, CandidateDoc, GenerationDoc, RelaxedCandidate
-
-if TYPE_CHECKING:
-    from atomate2.forcefields.jobs import ForceFieldRelaxMaker
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +41,24 @@ FIRE_DEFAULTS: dict[str, float] = dict(
 )
 
 
+@dataclass
+class CandidateRelaxMaker(ForceFieldRelaxMaker):
+    """atomate2's ForceFieldRelaxMaker that passes over rejected candidates.
+
+    The CSP flow wires one relaxation per candidate slot before generation has run; a slot whose
+    candidate was rejected (exploded cell, overlapping atoms, ...) arrives as ``None`` and
+    yields no output instead of a crash. Anything else is atomate2's relaxation, unchanged.
+    """
+
+    name: str = "CHGNet relax"
+
+    @forcefield_job
+    def make(self, structure: Structure | None, prev_dir: str | None = None):  # type: ignore[override]
+        if structure is None:
+            return None
+        return ForceFieldRelaxMaker.make.original(self, structure, prev_dir=prev_dir)
+
+
 def default_relax_maker(
     force_field: str = "CHGNet",
     fmax: float = 0.05,
@@ -50,13 +66,12 @@ def default_relax_maker(
     relax_cell: bool = True,
     device: str | None = None,
 ) -> ForceFieldRelaxMaker:
-    """atomate2's force-field relaxation (FIRE + FrechetCellFilter) as used per candidate."""
-    from atomate2.forcefields.jobs import ForceFieldRelaxMaker
-
+    """atomate2's force-field relaxation (FIRE + FrechetCellFilter) as used per candidate
+    (:class:`CandidateRelaxMaker`: rejected candidates, passed as None, give no output)."""
     calculator_kwargs: dict[str, Any] = {}
     if device:
         calculator_kwargs["use_device" if force_field.lower() == "chgnet" else "device"] = device
-    return ForceFieldRelaxMaker(
+    return CandidateRelaxMaker(
         name=f"{force_field} relax",
         force_field_name=force_field,
         relax_cell=relax_cell,
@@ -85,7 +100,10 @@ def load_chgnet(device: str | None = None) -> Any:
     from chgnet.model import CHGNet
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return CHGNet.load(verbose=False, use_device=device)
+    model = CHGNet.load(verbose=False, use_device=device)
+    # As CHGNetCalculator (the per-candidate route) does: warn, don't fail, on isolated atoms.
+    model.graph_converter.set_isolated_atom_response("warn")
+    return model
 
 
 def _expm_and_frechet(log_f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,11 +158,14 @@ def batched_fire_relax(
     pos = torch.zeros(n, nmax, 3, dtype=dtype)  # positions in the undeformed cell
     for i, s in enumerate(structures):
         mask[i, : natoms[i]] = True
-        pos[i, : natoms[i]] = torch.as_tensor(s.cart_coords, dtype=dtype)
-    orig_cell = torch.stack([torch.as_tensor(s.lattice.matrix, dtype=dtype) for s in structures])
+        pos[i, : natoms[i]] = torch.tensor(s.cart_coords, dtype=dtype)
+    orig_cell = torch.stack([torch.tensor(s.lattice.matrix, dtype=dtype) for s in structures])
     ecf = torch.as_tensor(natoms, dtype=dtype)  # FrechetCellFilter's exp_cell_factor = N
     cellx = torch.zeros(n, 3, 3, dtype=dtype)  # ecf * log(F); F = I at the start
     species = [list(s.species) for s in structures]
+    for i, s in enumerate(structures):
+        if not (np.isfinite(s.lattice.matrix).all() and np.isfinite(s.cart_coords).all()):
+            results[i] = BatchRelaxResult(None, None, False, 0, None, "non-finite input structure")
 
     vel_p = torch.zeros_like(pos)
     vel_c = torch.zeros_like(cellx)
@@ -153,7 +174,7 @@ def batched_fire_relax(
     n_pos = torch.zeros(n, dtype=torch.long)  # FIRE's Nsteps (steps since last reset)
     nsteps = torch.zeros(n, dtype=torch.long)
     started_fire = torch.zeros(n, dtype=torch.bool)
-    active = torch.ones(n, dtype=torch.bool)
+    active = torch.tensor([r is None for r in results], dtype=torch.bool)
     energies: list[list[float]] = [[] for _ in range(n)]
     model_calls = 0
 

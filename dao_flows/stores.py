@@ -10,7 +10,8 @@
   objects (trajectories, per-step energies).
 
 Documents are keyed by jobflow's (job uuid, index), so re-running the same flow object
-replaces its documents instead of duplicating them.
+replaces its documents instead of duplicating them; :class:`DAOJobStore` does the same for the
+large objects in the ``data`` store (plain jobflow would leave the old ones as orphans).
 """
 
 from __future__ import annotations
@@ -53,6 +54,28 @@ def user_jobflow_config() -> str | None:
     return None
 
 
+class DAOJobStore(JobStore):
+    """A JobStore whose re-saves *replace* a job's large objects instead of adding to them.
+
+    jobflow upserts the output document on (uuid, index) but gives every saved blob (e.g. a
+    trajectory) a fresh ``blob_uuid``, so re-running a flow would leave the old blobs behind
+    as orphans in the ``data`` store. Before saving, this store removes the blobs of the same
+    (job uuid, index).
+    """
+
+    def update(self, docs, key=None, save=None):  # type: ignore[no-untyped-def]
+        for doc in docs if isinstance(docs, list) else [docs]:
+            uuid = doc.get("uuid") if isinstance(doc, dict) else getattr(doc, "uuid", None)
+            index = doc.get("index") if isinstance(doc, dict) else getattr(doc, "index", None)
+            if uuid is not None:
+                old = {"job_uuid": uuid, "job_index": index}
+                for store in self.additional_stores.values():
+                    # (MontyDB cannot delete from a collection that was never written.)
+                    if store.count(old):
+                        store.remove_docs(old)
+        return super().update(docs, key=key, save=save)
+
+
 def embedded_store(path: str | Path | None = None) -> JobStore:
     """The server-less persistent store (MontyDB/SQLite) in ``path`` (default store_dir())."""
     from maggma.stores import MontyStore
@@ -62,7 +85,7 @@ def embedded_store(path: str | Path | None = None) -> JobStore:
     folder = folder.resolve()  # absolute: FireWorks workers may run elsewhere
     docs = MontyStore(DOCS_COLLECTION, database_path=str(folder), storage="sqlite", key="uuid")
     data = MontyStore(DATA_COLLECTION, database_path=str(folder), storage="sqlite", key="blob_uuid")
-    return JobStore(docs, additional_stores={"data": data})
+    return DAOJobStore(docs, additional_stores={"data": data})
 
 
 def get_store(path: str | Path | None = None) -> JobStore:

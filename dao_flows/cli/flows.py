@@ -6,6 +6,7 @@ Heavy imports (torch, jobflow, atomate2) happen inside the commands so ``dao --h
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,12 @@ from dao_flows.cli import app
 console = Console()
 
 
+def _wide_console() -> None:
+    """Piped/captured output gets 140 columns instead of Rich's 80, so the table stays whole."""
+    global console
+    console = Console() if sys.stdout.isatty() else Console(width=140)
+
+
 def _input_errors_exit(func):  # type: ignore[no-untyped-def]
     """A DAOInputError ends the command with its message and exit code 2, not a traceback."""
 
@@ -25,6 +32,7 @@ def _input_errors_exit(func):  # type: ignore[no-untyped-def]
     def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
         from dao_core.errors import DAOInputError
 
+        _wide_console()
         try:
             return func(*args, **kwargs)
         except DAOInputError as exc:
@@ -96,12 +104,12 @@ def result_table(result: Any, top: int | None = None) -> Table:
     table = Table(title=f"{result.formula}: {result.n_unique} unique / {result.n_candidates} "
                         f"candidates ({result.relax_mode} relaxation)")
     for col, kw in (
-        ("rank", {"justify": "right"}),
-        ("formula", {}),
-        ("space group", {}),
-        ("E − E_min (meV/atom)", {"justify": "right"}),
-        ("E (eV/atom)", {"justify": "right"}),
-        ("DAO-P score", {"justify": "right"}),
+        ("#", {"justify": "right"}),
+        ("formula", {"no_wrap": True}),
+        ("space group", {"no_wrap": True}),
+        ("E−Emin meV/atom", {"justify": "right"}),
+        ("E eV/atom", {"justify": "right"}),
+        ("DAO-P", {"justify": "right"}),
         ("source", {}),
         ("candidate", {}),
         ("relax", {}),
@@ -112,13 +120,13 @@ def result_table(result: Any, top: int | None = None) -> Table:
         table.add_row(
             str(p.rank),
             p.structure.composition.reduced_formula,
-            f"{p.spacegroup_symbol} ({p.spacegroup_number})",
+            f"{p.spacegroup_symbol} #{p.spacegroup_number}",
             f"{p.e_above_min_meV:.1f}",
             f"{p.energy_per_atom:.4f}",
             "—" if p.dao_p_score is None else f"{p.dao_p_score:.3f}",
             p.source,
             p.candidate_id + (f" (+{len(p.duplicates)})" if p.duplicates else ""),
-            "ok" if p.relax_status == "converged" else "not conv.",
+            "ok" if p.relax_status == "converged" else "unconv.",
         )
     return table
 
@@ -282,6 +290,7 @@ def query(
     top: Annotated[int | None, typer.Option(help="rows to print")] = None,
 ) -> None:
     """Show CSP results from the store: the latest run's ranking for FORMULA, or all runs."""
+    _wide_console()
     from dao_flows.queries import get_result, list_runs
     from dao_flows.stores import describe_store, get_store
 

@@ -1,0 +1,327 @@
+"""DAO CSP workflow: makers, flow, ranking, failure isolation, re-runs, CLI.
+
+Real components throughout: DAO-G/DAO-P checkpoints (tiny, untrained: their samples are
+rejected as exploded cells, which exercises the rejection path), pyxtal candidates, CHGNet
+relaxations (few steps), the embedded MontyDB store in a temporary folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from jobflow import Maker, job, run_locally
+from pymatgen.core import Lattice, Structure
+from typer.testing import CliRunner
+
+from dao_core.errors import DAOInputError
+from dao_flows.flows import dao_csp_batch_flow, dao_csp_flow
+from dao_flows.generation import DAOGenerationMaker, check_structure
+from dao_flows.queries import export_structures, get_result, list_runs
+from dao_flows.ranking import RankingMaker
+from dao_flows.relax import batched_fire_relax, default_relax_maker, load_chgnet
+from dao_flows.schemas import CandidateDoc, CSPResultDoc, GenerationDoc
+from dao_flows.stores import get_store
+from dao_flows.testing import isolate_environment, nan_structure, single_threaded
+
+
+@dataclass
+class EchoDFTMaker(Maker):
+    """A stand-in for dao_flows.qe.PWMaker: records what it was given."""
+
+    name: str = "echo dft"
+
+    @job
+    def make(self, structure: Structure) -> dict:
+        return {"nsites": len(structure), "formula": structure.composition.reduced_formula}
+
+
+SMALL = dict(n=2, n_random=3, steps=20, formula_units=2, seed=11, relax_steps=25, fmax=0.1)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    return tmp_path_factory.mktemp("dao_checkpoints")
+
+
+@pytest.fixture
+def dao_env(tmp_path, monkeypatch, checkpoints):
+    env = isolate_environment(monkeypatch, tmp_path, checkpoints)
+    monkeypatch.chdir(tmp_path)
+    with single_threaded():
+        yield env
+
+
+@pytest.fixture(scope="module")
+def chgnet():
+    return load_chgnet("cpu")
+
+
+def rocksalt(a: float = 5.64) -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0],
+                                                                                [0.5, 0.5, 0.5]])
+
+
+# --------------------------------------------------------------------------- input validation
+
+
+@pytest.mark.parametrize(
+    "formula, options, message",
+    [
+        ("Na-Cl!!", {}, "formula"),
+        ("XqO2", {}, "formula"),  # unknown element
+        ("Xx2O", {}, "element"),  # dummy species
+        ("C120", {}, "atoms"),  # > 100 atoms
+        ("NaCl", {"formula_units": 60}, "atoms"),
+        ("NaCl", {"n": 0}, "at least 1"),
+        ("NaCl", {"n_random": -1}, ">= 0"),
+        ("", {}, "formula"),
+    ],
+)
+def test_invalid_input_raises_before_any_job(formula, options, message, dao_env, monkeypatch):
+    built = []
+    monkeypatch.setattr(DAOGenerationMaker, "make", lambda *a, **k: built.append(a))
+    with pytest.raises(DAOInputError, match=message):
+        dao_csp_flow(formula, **options)
+    assert built == []  # validation happened before the first job was created
+
+
+def test_batch_flow_validates_every_formula_first(dao_env):
+    with pytest.raises(DAOInputError, match="Qq"):
+        dao_csp_batch_flow(["NaCl", "QqO"], n=1)
+    with pytest.raises(DAOInputError):
+        dao_csp_batch_flow([])
+
+
+def test_check_structure_flags_overlap_nan_and_collapse():
+    ok = rocksalt()
+    assert check_structure(ok)[0] is None
+    overlap = Structure(Lattice.cubic(4), ["Na", "Cl"], [[0, 0, 0], [0.02, 0, 0]])
+    assert "overlapping atoms" in check_structure(overlap)[0]
+    assert "non-finite" in check_structure(nan_structure())[0]
+    collapsed = Structure(Lattice.cubic(1.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert "collapsed" in check_structure(collapsed)[0]
+    assert check_structure(None)[0] == "no structure was produced"
+
+
+# --------------------------------------------------------------------------- makers
+
+
+def test_generation_maker_records_sources_and_provenance(dao_env):
+    maker = DAOGenerationMaker(n=2, n_random=2, steps=10, seed=3)
+    doc = maker.make.original(maker, "NaCl", 2)  # the job's function, run in-process
+    assert isinstance(doc, GenerationDoc)
+    assert [c.candidate_id for c in doc.candidates] == [
+        "dao-g-000", "dao-g-001", "pyxtal-000", "pyxtal-001"
+    ]
+    assert [c.source for c in doc.candidates] == ["dao-g", "dao-g", "pyxtal", "pyxtal"]
+    assert doc.n_atoms == 4 and doc.reduced_formula == "NaCl"
+    prov = doc.provenance
+    assert prov["seed"] == 3 and prov["steps"] == 10 and prov["pyxtal_seed"] == 4
+    assert len(prov["generator"]["sha256"]) == 64 and len(prov["guidance"]["sha256"]) == 64
+    assert prov["generator"]["sha256"] != prov["guidance"]["sha256"]
+    assert {"torch", "pymatgen", "jobflow", "chgnet", "dao_core"} <= set(prov["versions"])
+    for c in doc.candidates:  # invalid ones carry the raw structure and a reason
+        assert c.valid == (c.issue is None) == (c.structure is not None)
+        assert c.raw_structure is not None
+    assert all(c.valid for c in doc.candidates if c.source == "pyxtal")
+    # Same seed -> same candidates (reproducibility).
+    again = maker.make.original(maker, "NaCl", 2)
+    for a, b in zip(doc.candidates, again.candidates, strict=True):
+        assert np.allclose(a.raw_structure.lattice.matrix, b.raw_structure.lattice.matrix)
+
+
+def test_batched_fire_matches_atomate2_relaxation(chgnet, dao_env):
+    """Same optimiser, same potential: batched FIRE reproduces atomate2's per-structure run."""
+    rng = np.random.default_rng(0)
+    ideal = rocksalt(5.9)
+    start = Structure(ideal.lattice, ideal.species,
+                      ideal.cart_coords + rng.normal(0, 0.03, (len(ideal), 3)),
+                      coords_are_cartesian=True)
+    maker = default_relax_maker(fmax=0.05, steps=200)
+    doc = maker.make.original(maker, start)
+    results, stats = batched_fire_relax([start, nan_structure(), start.copy()], chgnet,
+                                        fmax=0.05, steps=200)
+    ref = doc.output.energy / len(start)
+    for r in (results[0], results[2]):
+        assert r.converged and r.error is None
+        assert abs(r.energy_per_atom - ref) * 1000 < 1.0  # meV/atom
+        assert abs(r.structure.volume - doc.structure.volume) / doc.structure.volume < 1e-3
+    assert results[1].structure is None and "non-finite" in results[1].error
+    assert stats["model_calls"] >= results[0].n_steps
+
+
+def test_ranking_deduplicates_and_ranks(dao_env):
+    """Ranking on hand-made relaxation outputs: duplicates merged, failures recorded."""
+    nacl = rocksalt()
+    expanded = rocksalt(5.70)  # same structure type, slightly larger: a duplicate
+    cscl = Structure(Lattice.cubic(3.4), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    cands = [
+        CandidateDoc(candidate_id=f"pyxtal-{i:03d}", index=i, source="pyxtal", structure=s,
+                     raw_structure=s)
+        for i, s in enumerate([nacl, expanded, cscl, nacl])
+    ]
+    gen = GenerationDoc(formula="NaCl", reduced_formula="NaCl", n_atoms=8, n_dao_g=0,
+                        n_random=4, candidates=cands, provenance={}, timings={"dao_g_s": 0.1})
+    docs = [
+        {"structure": nacl.as_dict(), "output": {"energy_per_atom": -3.70}, "state": "successful"},
+        {"structure": expanded.as_dict(), "output": {"energy_per_atom": -3.69},
+         "state": "successful"},
+        {"structure": cscl.as_dict(), "output": {"energy": -3.60 * 2}, "state": "failed"},
+        None,  # a relaxation job that failed
+    ]
+    maker = RankingMaker()
+    jobs = [{"uuid": f"u{i}", "name": f"relax {c.candidate_id}"} for i, c in enumerate(cands)]
+    response = maker.make.original(maker, gen, docs, run_uuid="run-1", relax_jobs=jobs)
+    doc: CSPResultDoc = response.output
+    assert doc.n_candidates == 4 and doc.n_relaxed == 3 and doc.n_unique == 2
+    best, second = doc.polymorphs
+    assert best.spacegroup_symbol == "Fm-3m" and best.spacegroup_number == 225
+    assert best.duplicates == ["pyxtal-001"] and best.e_above_min_meV == 0.0
+    assert second.spacegroup_symbol == "Pm-3m" and second.relax_status == "not converged"
+    assert second.e_above_min_meV == pytest.approx(100.0)
+    assert best.dao_p_score is not None  # scored with the (tiny) DAO-P model
+    (failed,) = doc.failed
+    assert failed.candidate_id == "pyxtal-003" and failed.stage == "relaxation"
+    assert failed.job_uuid == "u3" and "left no output" in failed.reason
+
+
+# --------------------------------------------------------------------------- whole flows
+
+
+def _result_docs(store, run_uuid):
+    return list(store.query({"output.doc_type": "dao_csp_result", "output.run_uuid": run_uuid}))
+
+
+def test_csp_flow_per_candidate_run_locally_and_rerun(dao_env):
+    store = get_store()
+    flow = dao_csp_flow("NaCl", **SMALL)
+    assert len(flow.jobs) == 1 + 5 + 1  # generation, one relaxation per candidate, ranking
+    run_locally(flow, store=store, log=False)
+
+    result = get_result("NaCl", store=store)
+    assert isinstance(result, CSPResultDoc)
+    assert result.run_uuid == flow.uuid and result.relax_mode == "per-candidate"
+    assert result.n_candidates == 5
+    # The untrained DAO-G samples are rejected before relaxation, with the reason.
+    rejected = [f for f in result.failed if f.source == "dao-g"]
+    assert len(rejected) == 2 and all(f.stage == "generation" for f in rejected)
+    assert all("cell" in f.reason or "overlap" in f.reason for f in rejected)
+    assert result.n_relaxed + len(result.failed) == 5
+    assert result.polymorphs and result.polymorphs[0].e_above_min_meV == 0.0
+    e = [p.energy_per_atom for p in result.polymorphs]
+    assert e == sorted(e)
+    for p in result.polymorphs:
+        assert p.source == "pyxtal" and p.structure.composition.reduced_formula == "NaCl"
+        assert 1 <= p.spacegroup_number <= 230 and p.n_relax_steps
+    prov = result.provenance
+    assert prov["generation"]["steps"] == 20 and prov["generation"]["seed"] == 11
+    assert prov["relaxation"]["force_field_name"] == "CHGNet"
+    assert prov["relaxation"]["relax_kwargs"]["fmax"] == 0.1
+    assert "chgnet" in prov["versions"]
+    assert {"generation_s", "relax_s", "ranking_s"} <= set(result.timings)
+
+    # A fresh store object on the same folder sees everything (persistence).
+    again = get_store()
+    assert get_result(run_uuid=flow.uuid, store=again).n_unique == result.n_unique
+    paths = export_structures("NaCl", dao_env["DAO_STORE_DIR"] + "/../cif", "cif", store=again)
+    assert len(paths) == result.n_unique and all(p.read_text().startswith("#") for p in paths)
+
+
+def test_failed_relaxation_job_does_not_take_the_run_down(dao_env):
+    store = get_store()
+    flow = dao_csp_flow("NaCl", **SMALL)
+    (bad,) = [j for j in flow.jobs if j.name.endswith("pyxtal-001")]
+    bad.function_args = (nan_structure(),)  # inject a candidate whose relaxation raises
+    run_locally(flow, store=store, log=False)
+
+    result = get_result(run_uuid=flow.uuid, store=store)
+    assert result is not None
+    failed = {f.candidate_id: f for f in result.failed}
+    assert failed["pyxtal-001"].stage == "relaxation"
+    assert failed["pyxtal-001"].job_uuid == bad.uuid
+    assert "left no output" in failed["pyxtal-001"].reason
+    ranked = {p.candidate_id for p in result.polymorphs} | {
+        d for p in result.polymorphs for d in p.duplicates
+    }
+    assert {"pyxtal-000", "pyxtal-002"} <= ranked  # the others were relaxed and ranked
+    # The store holds every other job's output, and nothing for the failed one.
+    assert store.query_one({"uuid": bad.uuid}) is None
+    for other in flow.jobs:
+        if other is not bad:
+            assert store.query_one({"uuid": other.uuid}) is not None, other.name
+
+
+def test_csp_flow_batched_and_rerun(dao_env):
+    store = get_store()
+    flow = dao_csp_flow("NaCl", relax="batched", **SMALL)
+    assert [j.name for j in flow.jobs] == ["dao generate", "dao batched relax", "dao rank"]
+    run_locally(flow, store=store, log=False)
+    result = get_result(run_uuid=flow.uuid, store=store)
+
+    n_docs = store.count()
+    n_blobs = store.additional_stores["data"].count()
+    run_locally(flow, store=store, log=False)  # same flow object again: upsert, no duplicates
+    assert store.count() == n_docs
+    assert store.additional_stores["data"].count() == n_blobs  # no orphaned blobs either
+    assert len(_result_docs(store, flow.uuid)) == 1
+    assert len(list_runs("NaCl", store=store)) == 1
+    assert result.relax_mode == "batched" and result.n_candidates == 5
+    assert result.provenance["relaxation"]["n_model_calls"] > 0
+    assert len(result.failed) >= 2  # the rejected DAO-G samples
+    assert all("rejected before relaxation" in f.reason
+               for f in result.failed if f.source == "dao-g")
+    # Per-step energies went to the `data` store, not into the document.
+    batch = store.query_one({"name": "dao batched relax"}, load=False)
+    assert store.additional_stores["data"].count() >= 3
+    assert "blob_uuid" in str(batch["output"]["results"])
+
+
+def test_verify_top_hook_adds_dft_jobs(dao_env):
+    """verify_top=K calls dft_maker.make(structure) on the K best (here a stand-in maker)."""
+    flow = dao_csp_flow("NaCl", relax="batched", verify_top=1, dft_maker=EchoDFTMaker(),
+                        **SMALL)
+    store = get_store()
+    run_locally(flow, store=store, log=False)
+    result = get_result(run_uuid=flow.uuid, store=store)
+    assert len(result.verify_jobs) == 1
+    verify = store.query_one({"uuid": result.verify_jobs[0]})
+    assert verify["name"].startswith("verify rank-1")
+    assert verify["output"]["nsites"] == len(result.polymorphs[0].structure)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_csp_query_export(dao_env, tmp_path):
+    from dao_flows.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "csp_out"
+    res = runner.invoke(app, ["csp", "NaCl", "--n", "1", "--n-random", "2", "--steps", "10",
+                              "--formula-units", "2", "--seed", "5", "--relax-steps", "20",
+                              "--fmax", "0.1", "--device", "cpu", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "unique / 3 candidates" in res.output and "meV/atom" in res.output
+    assert "#225" in res.output or "pyxtal" in res.output
+    assert (out / "energy_ranking.png").stat().st_size > 1000
+    cifs = sorted(out.glob("rank*.cif"))
+    assert cifs and cifs[0].name.startswith("rank01_NaCl")
+
+    res = runner.invoke(app, ["query", "NaCl"])
+    assert res.exit_code == 0, res.output
+    assert "unique / 3 candidates" in res.output and "1 run(s) for NaCl" in res.output
+    res = runner.invoke(app, ["query", "--runs"])
+    assert res.exit_code == 0 and "NaCl" in res.output
+    res = runner.invoke(app, ["export", "NaCl", "--format", "poscar", "--out",
+                              str(tmp_path / "poscars")])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "poscars").glob("*.vasp"))) == len(cifs)
+
+    res = runner.invoke(app, ["csp", "Xx2O", "--n", "1"])
+    assert res.exit_code == 2 and "element" in res.output
+    res = runner.invoke(app, ["csp", "NaCl", "--n", "0"])
+    assert res.exit_code == 2 and "at least 1" in res.output
+    res = runner.invoke(app, ["query", "KBr"])
+    assert res.exit_code == 1
