@@ -72,7 +72,7 @@ def embedded_launchpad(path: str | Path | None = None) -> LaunchPad:
     # mongomock-persistence only reads the file name from the environment.
     os.environ[ENV] = str(file)
     with _mongomock_client():
-        lp = LaunchPad(name="dao_fireworks")
+        lp = LaunchPad()  # default db name, so a bare `rlaunch rapidfire` finds it
     if lp.fw_id_assigner.count_documents({}) == 0:
         lp.reset("", require_password=False)
         flush_launchpad(lp)
