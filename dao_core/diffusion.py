@@ -16,6 +16,7 @@ from torch import nn
 from dao_core.model import CrysformerOutput
 
 N_IMAGES = 10  # periodic images n = -10..10 in the wrapped-normal sums
+LATTICE_CLIP = 50.0  # A; bound on predicted clean lattice entries (cells of <= 100 atoms)
 
 
 def cosine_betas(steps: int, s: float = 0.008) -> torch.Tensor:
@@ -184,10 +185,16 @@ def sample(
         # cumulative alphas between k and k_prev).
         out = score_fn(frac, lattice, t)
         abar, abar_prev = sched.alphas_cumprod[k], sched.alphas_cumprod[k_prev]
-        alpha = abar / abar_prev
+        alpha = abar / abar_prev  # respaced step when striding
         beta = 1 - alpha
+        # DDPM posterior through the predicted clean lattice, clipped to a physical range:
+        # near t = T, sqrt(abar) ~ 1e-3 would otherwise amplify network error a thousandfold.
+        lattice0 = (lattice - (1 - abar).sqrt() * out.lattice) / abar.sqrt()
+        lattice0 = lattice0.clamp(-LATTICE_CLIP, LATTICE_CLIP)
+        mean_l = (abar_prev.sqrt() * beta * lattice0 + alpha.sqrt() * (1 - abar_prev) * lattice) / (
+            1 - abar
+        )
         var_l = beta * (1 - abar_prev) / (1 - abar)
-        mean_l = (lattice - beta / (1 - abar).sqrt() * out.lattice) / alpha.sqrt()
         var_x = sigma_prev**2 * (sigma**2 - sigma_prev**2) / sigma**2
         mean_x = frac + (sigma**2 - sigma_prev**2) * out.coord * sqrt_lambda
         if energy_fn is not None and guidance_scale > 0:
