@@ -244,8 +244,8 @@ def evaluate(model: DAOModel, records: Sequence[CrystalRecord], batch_size: int,
 
 def train(
     cfg: TrainConfig, train_records: Sequence[CrystalRecord], val_records: Sequence[CrystalRecord]
-) -> Path:
-    """Train (or resume) and return the output folder; ``out/final`` holds the checkpoint."""
+) -> DAOModel:
+    """Train (or resume); returns the model, whose checkpoint is ``out/final`` when done."""
     rank, world, device = _setup_distributed()
     _seed_everything(cfg.seed + rank)
     out = Path(cfg.out)
@@ -345,4 +345,4 @@ def train(
         checkpoint("final")
     if world > 1:
         dist.barrier()
-    return out
+    return model

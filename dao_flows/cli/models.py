@@ -102,8 +102,8 @@ def train(
         if labelled:
             cfg.label_name = dict(_datasets(data)).get(Path(labelled[0])) or cfg.label_name
     console.print(f"{len(train_records)} training / {len(val_records)} validation structures")
-    folder = run_training(cfg, train_records, val_records)
-    console.print(f"checkpoints in {folder}")
+    run_training(cfg, train_records, val_records)
+    console.print(f"checkpoints in {out}")
 
 
 @app.command("relax-dataset")
