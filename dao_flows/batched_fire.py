@@ -54,6 +54,51 @@ def load_chgnet(device: str | None = None) -> Any:
     return model
 
 
+def chgnet_efs(model: Any, graphs: list) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    """(energy eV/atom, forces eV/Å, stress GPa) for each graph, in one batched CHGNet pass.
+
+    Same numbers as ``model.predict_graph(graphs, task="efs")`` (CHGNet's own formulas: forces
+    and stress are gradients of the total energy w.r.t. positions and strain), but with ONE
+    backward pass over positions and strains together and no ``create_graph`` (CHGNet keeps
+    the double-backward graph, which inference does not need): about half the GPU time.
+    Falls back to ``predict_graph`` if CHGNet's internals differ from what this expects.
+    """
+    try:
+        from chgnet.model.model import BatchedGraph
+
+        device = next(model.parameters()).device
+        model.eval()
+        graphs = [g.to(device) for g in graphs]
+        comp = 0 if model.composition_model is None else model.composition_model(graphs)
+        bg = BatchedGraph.from_graphs(
+            graphs,
+            bond_basis_expansion=model.bond_basis_expansion,
+            angle_basis_expansion=model.angle_basis_expansion,
+            compute_stress=True,
+        )
+        pred = model._compute(bg, compute_force=False, compute_stress=False)
+        e = pred["e"]
+        # Gradients of the TOTAL energy (what CHGNet differentiates); e is per atom if intensive.
+        total = e * pred["atoms_per_graph"] if model.is_intensive else e
+        n = len(graphs)
+        grads = torch.autograd.grad(total.sum(), [*bg.atom_positions, *bg.strains])
+        scale = 160.21766208 / bg.volumes  # eV/Å^3 -> GPa, as CHGNet
+        forces = torch.cat([-g for g in grads[:n]]).detach().cpu().numpy()
+        stress = torch.stack([g * s for g, s in zip(grads[n:], scale, strict=True)])
+        stress = stress.detach().cpu().numpy()
+        energies = (e + comp).detach().cpu().numpy()
+    except (ImportError, AttributeError, TypeError, KeyError):
+        preds = model.predict_graph(graphs, task="efs", batch_size=max(1, len(graphs)))
+        preds = [preds] if isinstance(preds, dict) else preds
+        return [(float(np.asarray(p["e"]).reshape(-1)[0]), p["f"], p["s"]) for p in preds]
+    out, start = [], 0
+    for i, g in enumerate(graphs):
+        k = int(g.atomic_number.shape[0])
+        out.append((float(energies[i]), forces[start : start + k], stress[i]))
+        start += k
+    return out
+
+
 def _expm_and_frechet(log_f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """exp(A) and all 9 Fréchet derivatives L(A, E_mn) for a batch of 3x3 matrices A.
 
@@ -157,17 +202,17 @@ def batched_fire_relax(
                 active[i] = False
         if not graphs:
             continue
-        preds = model.predict_graph(graphs, task="efs", batch_size=batch_size)
-        preds = [preds] if isinstance(preds, dict) else preds
+        preds = []
+        for start in range(0, len(graphs), batch_size):
+            preds.extend(chgnet_efs(model, graphs[start : start + batch_size]))
         model_calls += 1
 
         step_idx, g_pos, g_cell = [], [], []
         for k, j in enumerate(keep):
             i = int(idx[j])
-            pr = preds[k]
-            e = float(np.asarray(pr["e"]).reshape(-1)[0])
-            forces = torch.as_tensor(np.asarray(pr["f"]), dtype=dtype)
-            stress = torch.as_tensor(np.asarray(pr["s"]), dtype=dtype) * EV_PER_A3_PER_GPA
+            e, f_np, s_np = preds[k]
+            forces = torch.as_tensor(np.asarray(f_np), dtype=dtype)
+            stress = torch.as_tensor(np.asarray(s_np), dtype=dtype) * EV_PER_A3_PER_GPA
             finite = torch.isfinite(forces).all() and torch.isfinite(stress).all()
             if not (np.isfinite(e) and finite):
                 results[i] = BatchRelaxResult(

@@ -20,7 +20,12 @@ from dao_flows.flows import dao_csp_batch_flow, dao_csp_flow
 from dao_flows.generation import DAOGenerationMaker, check_structure
 from dao_flows.queries import export_structures, get_result, list_runs
 from dao_flows.ranking import RankingMaker
-from dao_flows.relax import batched_fire_relax, default_relax_maker, load_chgnet
+from dao_flows.relax import (
+    BatchedRelaxMaker,
+    batched_fire_relax,
+    default_relax_maker,
+    load_chgnet,
+)
 from dao_flows.schemas import CandidateDoc, CSPResultDoc, GenerationDoc
 from dao_flows.stores import get_store
 from dao_flows.testing import isolate_environment, nan_structure, single_threaded
@@ -144,12 +149,25 @@ def test_batched_fire_matches_atomate2_relaxation(chgnet, dao_env):
     results, stats = batched_fire_relax([start, nan_structure(), start.copy()], chgnet,
                                         fmax=0.05, steps=200)
     ref = doc.output.energy / len(start)
-    for r in (results[0], results[2]):
+    for r in (results[0], results[2]):  # the NaN structure between them changes nothing
         assert r.converged and r.error is None
         assert abs(r.energy_per_atom - ref) * 1000 < 1.0  # meV/atom
         assert abs(r.structure.volume - doc.structure.volume) / doc.structure.volume < 1e-3
     assert results[1].structure is None and "non-finite" in results[1].error
     assert stats["model_calls"] >= results[0].n_steps
+
+
+def test_batched_relax_maker_skips_rejected_candidates(dao_env):
+    ok = CandidateDoc(candidate_id="pyxtal-000", index=0, source="pyxtal", structure=rocksalt(5.8))
+    bad = CandidateDoc(candidate_id="dao-g-000", index=1, source="dao-g", valid=False,
+                       issue="exploded cell")
+    maker = BatchedRelaxMaker(fmax=0.1, steps=30, device="cpu")
+    doc = maker.make.original(maker, [ok, bad])
+    relaxed, skipped = doc.results
+    assert relaxed.status == "relaxed" and relaxed.energy_per_atom < -3
+    assert relaxed.energies and relaxed.n_steps <= 30
+    assert skipped.status == "skipped" and "exploded cell" in skipped.reason
+    assert doc.device == "cpu" and doc.n_model_calls >= 1
 
 
 def test_ranking_deduplicates_and_ranks(dao_env):
@@ -162,6 +180,8 @@ def test_ranking_deduplicates_and_ranks(dao_env):
                      raw_structure=s)
         for i, s in enumerate([nacl, expanded, cscl, nacl])
     ]
+    cands.append(CandidateDoc(candidate_id="dao-g-000", index=4, source="dao-g", valid=False,
+                              raw_structure=nacl, issue="overlapping atoms (min 0.1 Å)"))
     gen = GenerationDoc(formula="NaCl", reduced_formula="NaCl", n_atoms=8, n_dao_g=0,
                         n_random=4, candidates=cands, provenance={}, timings={"dao_g_s": 0.1})
     docs = [
@@ -170,24 +190,45 @@ def test_ranking_deduplicates_and_ranks(dao_env):
          "state": "successful"},
         {"structure": cscl.as_dict(), "output": {"energy": -3.60 * 2}, "state": "failed"},
         None,  # a relaxation job that failed
+        None,  # the rejected candidate's slot: no relaxation output
     ]
     maker = RankingMaker()
     jobs = [{"uuid": f"u{i}", "name": f"relax {c.candidate_id}"} for i, c in enumerate(cands)]
     response = maker.make.original(maker, gen, docs, run_uuid="run-1", relax_jobs=jobs)
     doc: CSPResultDoc = response.output
-    assert doc.n_candidates == 4 and doc.n_relaxed == 3 and doc.n_unique == 2
+    assert doc.n_candidates == 5 and doc.n_relaxed == 3 and doc.n_unique == 2
     best, second = doc.polymorphs
     assert best.spacegroup_symbol == "Fm-3m" and best.spacegroup_number == 225
     assert best.duplicates == ["pyxtal-001"] and best.e_above_min_meV == 0.0
     assert second.spacegroup_symbol == "Pm-3m" and second.relax_status == "not converged"
     assert second.e_above_min_meV == pytest.approx(100.0)
     assert best.dao_p_score is not None  # scored with the (tiny) DAO-P model
-    (failed,) = doc.failed
+    failed, rejected = doc.failed
     assert failed.candidate_id == "pyxtal-003" and failed.stage == "relaxation"
     assert failed.job_uuid == "u3" and "left no output" in failed.reason
+    assert rejected.candidate_id == "dao-g-000" and rejected.stage == "generation"
+    assert rejected.reason == "rejected before relaxation: overlapping atoms (min 0.1 Å)"
 
 
 # --------------------------------------------------------------------------- whole flows
+
+
+def _every_candidate_accounted_for(result: CSPResultDoc, n: int) -> None:
+    """Each candidate is exactly once either ranked, a duplicate, or failed with a reason.
+
+    (Untrained DAO-G samples may or may not pass the sanity checks: both paths are fine.)
+    """
+    seen = [p.candidate_id for p in result.polymorphs]
+    seen += [d for p in result.polymorphs for d in p.duplicates]
+    seen += [f.candidate_id for f in result.failed]
+    assert sorted(seen) == sorted(f"dao-g-{i:03d}" for i in range(SMALL["n"])) + sorted(
+        f"pyxtal-{i:03d}" for i in range(n - SMALL["n"])
+    )
+    assert result.n_relaxed == n - sum(f.stage != "ranking" for f in result.failed)
+    for f in result.failed:
+        assert f.reason
+        if f.stage == "generation":
+            assert f.source == "dao-g" and "rejected before relaxation" in f.reason
 
 
 def _result_docs(store, run_uuid):
@@ -204,16 +245,13 @@ def test_csp_flow_per_candidate_run_locally_and_rerun(dao_env):
     assert isinstance(result, CSPResultDoc)
     assert result.run_uuid == flow.uuid and result.relax_mode == "per-candidate"
     assert result.n_candidates == 5
-    # The untrained DAO-G samples are rejected before relaxation, with the reason.
-    rejected = [f for f in result.failed if f.source == "dao-g"]
-    assert len(rejected) == 2 and all(f.stage == "generation" for f in rejected)
-    assert all("cell" in f.reason or "overlap" in f.reason for f in rejected)
-    assert result.n_relaxed + len(result.failed) == 5
+    _every_candidate_accounted_for(result, 5)
     assert result.polymorphs and result.polymorphs[0].e_above_min_meV == 0.0
     e = [p.energy_per_atom for p in result.polymorphs]
     assert e == sorted(e)
     for p in result.polymorphs:
-        assert p.source == "pyxtal" and p.structure.composition.reduced_formula == "NaCl"
+        assert p.source in ("pyxtal", "dao-g")
+        assert p.structure.composition.reduced_formula == "NaCl"
         assert 1 <= p.spacegroup_number <= 230 and p.n_relax_steps
     prov = result.provenance
     assert prov["generation"]["steps"] == 20 and prov["generation"]["seed"] == 11
@@ -269,9 +307,7 @@ def test_csp_flow_batched_and_rerun(dao_env):
     assert len(list_runs("NaCl", store=store)) == 1
     assert result.relax_mode == "batched" and result.n_candidates == 5
     assert result.provenance["relaxation"]["n_model_calls"] > 0
-    assert len(result.failed) >= 2  # the rejected DAO-G samples
-    assert all("rejected before relaxation" in f.reason
-               for f in result.failed if f.source == "dao-g")
+    _every_candidate_accounted_for(result, 5)
     # Per-step energies went to the `data` store, not into the document.
     batch = store.query_one({"name": "dao batched relax"}, load=False)
     assert store.additional_stores["data"].count() >= 3
@@ -289,6 +325,19 @@ def test_verify_top_hook_adds_dft_jobs(dao_env):
     verify = store.query_one({"uuid": result.verify_jobs[0]})
     assert verify["name"].startswith("verify rank-1")
     assert verify["output"]["nsites"] == len(result.polymorphs[0].structure)
+
+
+def test_verify_top_defaults_to_quantum_espresso(dao_env):
+    """With no dft_maker, verify_top wires dao_flows.qe.PWMaker (imported lazily)."""
+    from dao_flows.qe import PWMaker
+
+    flow = dao_csp_flow("NaCl", n=1, verify_top=2)
+    rank = flow.jobs[-1]
+    assert isinstance(rank.function_kwargs["dft_maker"], PWMaker)
+    assert rank.function_kwargs["verify_top"] == 2
+    assert dao_csp_flow("NaCl", n=1).jobs[-1].function_kwargs["dft_maker"] is None
+    with pytest.raises(DAOInputError, match="verify_top"):
+        dao_csp_flow("NaCl", n=1, verify_top=-1)
 
 
 # --------------------------------------------------------------------------- CLI

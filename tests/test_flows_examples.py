@@ -39,7 +39,6 @@ def run_example(tmp_path, monkeypatch, checkpoints):
 def test_local_csp_example(run_example):
     out = run_example("local_csp.py", "NaCl", *SMALL)
     assert "NaCl:" in out and "unique of 3 candidates" in out
-    assert "failed dao-g-000 (generation)" in out  # the untrained model's sample is rejected
     assert len(list_runs("NaCl")) == 1
 
 
