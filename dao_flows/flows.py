@@ -18,7 +18,7 @@ from jobflow.core.job import JobConfig
 from jobflow.core.reference import OnMissing
 from jobflow.utils import suid
 
-from dao_flows.generation import DAOGenerationMaker, validate_request
+from dao_flows.generation import DAOGenerationMaker, default_guidance, validate_request
 from dao_flows.ranking import RankingMaker
 from dao_flows.relax import BatchedRelaxMaker, default_relax_maker
 
@@ -167,7 +167,8 @@ def dao_csp_flow(
     ``n`` DAO-G samples (``steps`` diffusion steps, DAO-P guidance at ``scale``) plus
     ``n_random`` pyxtal structures are relaxed (``relax="per-candidate"`` jobs or one
     ``"batched"`` job; ``force_field``, ``fmax``, ``relax_steps``) and ranked. ``model``,
-    ``guidance``, ``score_model`` accept bundled names or checkpoint paths.
+    ``guidance``, ``score_model`` accept bundled names or checkpoint paths; ``guidance=None``
+    samples unguided and (unless ``score_model`` is given) skips DAO-P scores.
     """
     gen_kwargs: dict[str, Any] = dict(
         n=n,
@@ -181,6 +182,10 @@ def dao_csp_flow(
     )
     if scale is not None:
         gen_kwargs["scale"] = scale
+    if score_model == "default":  # score with the guidance model; no DAO-P at all if none
+        score_model = None if guidance is None else (
+            default_guidance() if guidance == "default" else guidance
+        )
     if relax == "batched" and force_field.lower() != "chgnet":
         from dao_core.errors import DAOInputError
 

@@ -340,6 +340,16 @@ def test_verify_top_defaults_to_quantum_espresso(dao_env):
         dao_csp_flow("NaCl", n=1, verify_top=-1)
 
 
+def test_unguided_flow_skips_dao_p(dao_env):
+    flow = dao_csp_flow("NaCl", n=1, guidance=None)
+    gen, rank = flow.jobs[0], flow.jobs[-1]
+    assert gen.maker.guidance is None and rank.maker.score_model is None
+    guided = dao_csp_flow("NaCl", n=1)
+    assert guided.jobs[-1].maker.score_model == dao_env["DAO_P_MODEL"]
+    with pytest.raises(DAOInputError, match="neither a checkpoint"):
+        dao_csp_flow("NaCl", n=1, model="no-such-model")  # checked before any job exists
+
+
 # --------------------------------------------------------------------------- CLI
 
 
