@@ -31,7 +31,8 @@ SMALL = dict(n=1, n_random=3, steps=20, formula_units=2, seed=21, relax_steps=20
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
-    return tmp_path_factory.mktemp("dao_checkpoints_fw")
+    # One folder per session, shared by the test modules: building a model takes seconds.
+    return tmp_path_factory.getbasetemp() / "dao_tiny_checkpoints"
 
 
 @pytest.fixture

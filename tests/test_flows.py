@@ -47,7 +47,8 @@ SMALL = dict(n=2, n_random=3, steps=20, formula_units=2, seed=11, relax_steps=25
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
-    return tmp_path_factory.mktemp("dao_checkpoints")
+    # One folder per session, shared by the test modules: building a model takes seconds.
+    return tmp_path_factory.getbasetemp() / "dao_tiny_checkpoints"
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ SMALL = ["--n", "1", "--n-random", "2", "--steps", "10", "--formula-units", "2",
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
-    return tmp_path_factory.mktemp("dao_checkpoints_examples")
+    # One folder per session, shared by the test modules: building a model takes seconds.
+    return tmp_path_factory.getbasetemp() / "dao_tiny_checkpoints"
 
 
 @pytest.fixture
