@@ -13,11 +13,11 @@ import numpy as np
 from jobflow import Maker, job
 from pymatgen.core import Composition, Element, Structure
 
+from dao_core.csp import DEFAULT_GENERATOR, DEFAULT_GUIDANCE, DEFAULT_SCALE
 from dao_flows.schemas import CandidateDoc, GenerationDoc, package_versions
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SCALE = 20.0  # the authors' guidance scale (method doc, section 5)
 MIN_DISTANCE = 0.5  # Å; DAO's structural validity threshold (method doc, section 7)
 # Per-atom volume window outside which a candidate is hopeless and, worse, a dense cell can
 # make an ML potential's neighbour graph explode (minutes and GBs for one structure).
@@ -27,12 +27,12 @@ MAX_VOLUME_PER_ATOM = 500.0
 
 def default_generator() -> str:
     """DAO-G checkpoint used when none is given: ``$DAO_G_MODEL`` or the bundled base model."""
-    return os.environ.get("DAO_G_MODEL", "dao-g-base")
+    return os.environ.get("DAO_G_MODEL", DEFAULT_GENERATOR)
 
 
 def default_guidance() -> str:
     """DAO-P checkpoint used when none is given: ``$DAO_P_MODEL`` or the bundled base model."""
-    return os.environ.get("DAO_P_MODEL", "dao-p-base")
+    return os.environ.get("DAO_P_MODEL", DEFAULT_GUIDANCE)
 
 
 _MODEL_CACHE: dict[tuple[str, float, str], object] = {}

@@ -86,7 +86,7 @@ def _flow_options(
 N = Annotated[int, typer.Option("--n", "-n", help="DAO-G candidates")]
 NRandom = Annotated[int, typer.Option(help="extra pyxtal random candidates, ranked together")]
 Steps = Annotated[int, typer.Option(help="diffusion sampling steps")]
-Scale = Annotated[float | None, typer.Option(help="DAO-P guidance scale (default 20; 0 = off)")]
+Scale = Annotated[float | None, typer.Option(help="DAO-P guidance scale w (default 0 = off; the authors use 20)")]
 FormulaUnits = Annotated[int | None, typer.Option(help="formula units per cell")]
 Seed = Annotated[int | None, typer.Option(help="random seed (recorded in the result)")]
 Relax = Annotated[str, typer.Option(help="batched | per-candidate")]
