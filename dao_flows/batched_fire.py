@@ -43,6 +43,12 @@ class BatchRelaxResult:
     energies: list[float] = field(default_factory=list)  # eV/atom at every evaluation
 
 
+# Per-atom volume window outside which a structure is hopeless and, worse, a dense cell can
+# make an ML potential's neighbour graph explode (minutes and GBs for one structure).
+MIN_VOLUME_PER_ATOM = 2.0
+MAX_VOLUME_PER_ATOM = 500.0
+
+
 def load_chgnet(device: str | None = None) -> Any:
     """The pretrained CHGNet shipped in the ``chgnet`` wheel, on ``device`` (GPU if any)."""
     from chgnet.model import CHGNet
@@ -185,6 +191,16 @@ def batched_fire_relax(
         # pathological structure cannot take the batch down).
         graphs, keep, current = [], [], []
         for j, i in enumerate(idx.tolist()):
+            per_atom = abs(float(torch.linalg.det(cell[j]))) / natoms[i]
+            if not MIN_VOLUME_PER_ATOM <= per_atom <= MAX_VOLUME_PER_ATOM:
+                # A collapsing cell makes the potential's neighbour graph explode (GBs, minutes).
+                results[i] = BatchRelaxResult(
+                    None, None, False, int(nsteps[i]), None,
+                    f"cell left {MIN_VOLUME_PER_ATOM}-{MAX_VOLUME_PER_ATOM} A^3/atom "
+                    f"({per_atom:.1f}) at step {int(nsteps[i])}",
+                )  # fmt: skip
+                active[i] = False
+                continue
             try:
                 s = Structure(
                     Lattice(cell[j].numpy()),

@@ -14,15 +14,12 @@ from jobflow import Maker, job
 from pymatgen.core import Composition, Element, Structure
 
 from dao_core.csp import DEFAULT_GENERATOR, DEFAULT_GUIDANCE, DEFAULT_SCALE
+from dao_flows.batched_fire import MAX_VOLUME_PER_ATOM, MIN_VOLUME_PER_ATOM
 from dao_flows.schemas import CandidateDoc, GenerationDoc, package_versions
 
 logger = logging.getLogger(__name__)
 
 MIN_DISTANCE = 0.5  # Å; DAO's structural validity threshold (method doc, section 7)
-# Per-atom volume window outside which a candidate is hopeless and, worse, a dense cell can
-# make an ML potential's neighbour graph explode (minutes and GBs for one structure).
-MIN_VOLUME_PER_ATOM = 2.0
-MAX_VOLUME_PER_ATOM = 500.0
 
 
 def default_generator() -> str:
