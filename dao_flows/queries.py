@@ -159,3 +159,28 @@ def write_structures(
             )
         paths.append(path)
     return paths
+
+
+def dft_verifications(result: CSPResultDoc, store: JobStore | None = None) -> list[dict[str, Any]]:
+    """The DFT verification documents of a run's top-k (``verify_top``), ML rank order.
+
+    Each row: ML rank, candidate id, ML energy per atom, and the verification document's
+    ``success``, ``energy_per_atom`` and ``failure_reason`` (``None`` if the job left no output).
+    """
+    store = _connected(store)
+    rows = []
+    for rank, uuid in enumerate(result.verify_jobs, start=1):
+        polymorph = result.polymorphs[rank - 1]
+        doc = store.query_one({"uuid": uuid}, properties=["output"], sort={"index": -1})
+        output = (doc or {}).get("output") or {}
+        rows.append(
+            {
+                "rank": rank,
+                "candidate_id": polymorph.candidate_id,
+                "ml_energy_per_atom": polymorph.energy_per_atom,
+                "success": bool(output.get("success")),
+                "dft_energy_per_atom": output.get("energy_per_atom"),
+                "failure_reason": output.get("failure_reason") if output else "no output",
+            }
+        )
+    return rows

@@ -86,7 +86,7 @@ def _flow_options(
 N = Annotated[int, typer.Option("--n", "-n", help="DAO-G candidates")]
 NRandom = Annotated[int, typer.Option(help="extra pyxtal random candidates, ranked together")]
 Steps = Annotated[int, typer.Option(help="diffusion sampling steps")]
-Scale = Annotated[float | None, typer.Option(help="DAO-P guidance scale w (default 0 = off; the authors use 20)")]
+Scale = Annotated[float | None, typer.Option(help="DAO-P guidance scale w (0 = off; authors: 20)")]
 FormulaUnits = Annotated[int | None, typer.Option(help="formula units per cell")]
 Seed = Annotated[int | None, typer.Option(help="random seed (recorded in the result)")]
 Relax = Annotated[str, typer.Option(help="batched | per-candidate")]
@@ -209,6 +209,8 @@ def csp(
 
     console.print(result_table(result, top))
     _print_failures(result)
+    if result.verify_jobs:
+        console.print(dft_table(result, store))
     out_dir = out or Path(f"dao_csp_{formula}")
     cifs = write_structures(result.polymorphs[:top] if top else result.polymorphs, out_dir, "cif")
     plot = plot_ranking(result, out_dir / "energy_ranking.png")
@@ -219,6 +221,35 @@ def csp(
     )
     console.print(f"wrote {len(cifs)} CIF(s) and {plot.name} to {out_dir}")
     console.print(f"stored as run {result.run_uuid} in {describe_store(store)}")
+
+
+def dft_table(result: Any, store: Any) -> Table:
+    """ML ranking next to the DFT (pw.x) energies of the verified top-k, and their agreement."""
+    from scipy.stats import kendalltau
+
+    from dao_flows.queries import dft_verifications
+
+    rows = dft_verifications(result, store)
+    done = [r for r in rows if r["success"]]
+    best = min((r["dft_energy_per_atom"] for r in done), default=None)
+    order = sorted(done, key=lambda r: r["dft_energy_per_atom"])
+    dft_rank = {r["rank"]: i + 1 for i, r in enumerate(order)}
+    title = "DFT verification (Quantum ESPRESSO)"
+    if len(done) > 1:
+        tau = kendalltau([r["rank"] for r in done], [dft_rank[r["rank"]] for r in done])[0]
+        title += f": Kendall tau of ML vs DFT order = {tau:.2f}"
+    table = Table("ML #", "candidate", "ML E eV/atom", "DFT #", "DFT E eV/atom",
+                  "DFT E-Emin meV/atom", "status", title=title)  # fmt: skip
+    for r in rows:
+        ok = r["success"]
+        table.add_row(
+            str(r["rank"]), r["candidate_id"], f"{r['ml_energy_per_atom']:.4f}",
+            str(dft_rank.get(r["rank"], "-")),
+            f"{r['dft_energy_per_atom']:.4f}" if ok else "-",
+            f"{1000 * (r['dft_energy_per_atom'] - best):.1f}" if ok else "-",
+            "ok" if ok else f"failed: {r['failure_reason']}",
+        )  # fmt: skip
+    return table
 
 
 @app.command()
@@ -319,6 +350,8 @@ def query(
         raise typer.Exit(1)
     console.print(result_table(result, top))
     _print_failures(result)
+    if result.verify_jobs:
+        console.print(dft_table(result, store))
     console.print(f"run {result.run_uuid} ({len(rows)} run(s) for {result.reduced_formula})")
 
 
