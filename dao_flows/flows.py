@@ -37,8 +37,10 @@ def _relax_settings(maker: Any) -> dict[str, Any]:
     out["maker"] = f"{type(maker).__module__}.{type(maker).__name__}"
     if "force_field_name" in out:  # atomate2 stores "MLFF.CHGNet"
         out["force_field_name"] = str(out["force_field_name"]).split("MLFF.")[-1]
-    return {k: (str(v) if not isinstance(v, int | float | str | bool | dict | None) else v)
-            for k, v in out.items()}
+    return {
+        k: (str(v) if not isinstance(v, int | float | str | bool | dict | None) else v)
+        for k, v in out.items()
+    }
 
 
 @dataclass
@@ -183,8 +185,10 @@ def dao_csp_flow(
     if scale is not None:
         gen_kwargs["scale"] = scale
     if score_model == "default":  # score with the guidance model; no DAO-P at all if none
-        score_model = None if guidance is None else (
-            default_guidance() if guidance == "default" else guidance
+        score_model = (
+            None
+            if guidance is None
+            else (default_guidance() if guidance == "default" else guidance)
         )
     if relax == "batched" and force_field.lower() != "chgnet":
         from dao_core.errors import DAOInputError
@@ -220,3 +224,28 @@ def dao_csp_batch_flow(formulas: list[str], **options: Any) -> Flow:
     return Flow(
         subflows, output=[f.output for f in subflows], name=f"dao csp batch ({len(formulas)})"
     )
+
+
+def run_dao_side(formula: str, **options: Any) -> tuple[Any, float]:
+    """The whole DAO route for ``formula`` in this process on an in-memory store:
+    generation -> batched CHGNet relaxation -> ranking. Returns (best structure, wall seconds).
+
+    Used by ``benchmarks/qe_vs_dao.py`` to time DAO against a pw.x vc-relax.
+    """
+    import time
+
+    from jobflow import JobStore
+    from maggma.stores import MemoryStore
+
+    from dao_flows.local import run_flow
+    from dao_flows.schemas import CSPResultDoc
+
+    options = {"n": 8, "relax": "batched", **options}
+    started = time.perf_counter()
+    result = run_flow(dao_csp_flow(formula, **options), store=JobStore(MemoryStore()))
+    seconds = time.perf_counter() - started
+    if isinstance(result, dict):
+        result = CSPResultDoc.model_validate(result)
+    if result is None or not result.polymorphs:
+        raise RuntimeError(f"the DAO flow for {formula} produced no ranked structure")
+    return result.polymorphs[0].structure, seconds
