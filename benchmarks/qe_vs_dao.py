@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Composition, Lattice, Structure
 
 from dao_flows.qe import PWSettings, QEVerificationDoc, run_pw
 
@@ -30,7 +30,7 @@ try:  # DAO side: written by the CSP flow author; optional until then.
 except ImportError:  # module or function not there yet
     _run_dao_side = None
 
-run_dao_side: Callable[[str], tuple[Structure, float]] | None = _run_dao_side
+run_dao_side: Callable[..., tuple[Structure, float]] | None = _run_dao_side
 
 #: Cutoffs from the pseudopotential hints (a vc-relax needs them: at the low test cutoffs
 #: Pulay stress collapses NaCl), coarse k-mesh (2 k-points per 1/A): about a minute each.
@@ -87,12 +87,16 @@ def benchmark_formula(
     the benchmark's StructureMatcher (stol 0.5, ltol 0.3, angle_tol 10)."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    dao_structure, dao_s = run_dao_side(formula) if run_dao_side else (None, None)
     source = "given"
     if start is None:
         if formula not in PROTOTYPES:
             raise SystemExit(f"no built-in start structure for {formula}; pass --cif")
         start, source = PROTOTYPES[formula](), "prototype"
+    # Same cell size on both sides: DAO generates as many formula units as the QE start has.
+    units = len(start) // int(Composition(formula).num_atoms)
+    dao_structure, dao_s = (
+        run_dao_side(formula, formula_units=units) if run_dao_side else (None, None)
+    )
     doc, qe_s = run_qe_side(start, settings, root / f"{formula}_{source}")
     v0 = start.volume / len(start)
     v1 = doc.structure.volume / len(doc.structure) if doc.structure else None

@@ -115,7 +115,7 @@ def test_check_structure_flags_overlap_nan_and_collapse():
 
 
 def test_generation_maker_records_sources_and_provenance(dao_env):
-    maker = DAOGenerationMaker(n=2, n_random=2, steps=10, seed=3)
+    maker = DAOGenerationMaker(n=2, n_random=2, steps=10, seed=3, scale=20.0)
     doc = maker.make.original(maker, "NaCl", 2)  # the job's function, run in-process
     assert isinstance(doc, GenerationDoc)
     assert [c.candidate_id for c in doc.candidates] == [
