@@ -25,7 +25,7 @@ def _wide_console() -> None:
     console = Console() if sys.stdout.isatty() else Console(width=140)
 
 
-def _input_errors_exit(func):  # type: ignore[no-untyped-def]
+def input_errors_exit(func):  # type: ignore[no-untyped-def]
     """A DAOInputError ends the command with its message and exit code 2, not a traceback."""
 
     @functools.wraps(func)
@@ -101,8 +101,10 @@ Guidance = Annotated[str | None, typer.Option(help="DAO-P checkpoint (name, path
 
 def result_table(result: Any, top: int | None = None) -> Table:
     """Rich table of a CSPResultDoc's ranked polymorphs."""
-    table = Table(title=f"{result.formula}: {result.n_unique} unique / {result.n_candidates} "
-                        f"candidates ({result.relax_mode} relaxation)")
+    table = Table(
+        title=f"{result.formula}: {result.n_unique} unique / {result.n_candidates} "
+        f"candidates ({result.relax_mode} relaxation)"
+    )
     for col, kw in (
         ("#", {"justify": "right"}),
         ("formula", {"no_wrap": True}),
@@ -139,7 +141,7 @@ def _print_failures(result: Any) -> None:
 
 
 @app.command()
-@_input_errors_exit
+@input_errors_exit
 def csp(
     formula: Annotated[str, typer.Argument(help="composition, e.g. CsV3Sb5")],
     n: N = 20,
@@ -173,8 +175,22 @@ def csp(
     from dao_flows.schemas import CSPResultDoc
     from dao_flows.stores import describe_store, get_store
 
-    opts = _flow_options(n, n_random, steps, scale, formula_units, seed, relax, fmax,
-                         relax_steps, force_field, verify_top, device, model, guidance)
+    opts = _flow_options(
+        n,
+        n_random,
+        steps,
+        scale,
+        formula_units,
+        seed,
+        relax,
+        fmax,
+        relax_steps,
+        force_field,
+        verify_top,
+        device,
+        model,
+        guidance,
+    )
     flow = dao_csp_flow(formula, **opts)  # validates the input before any job runs
     store = get_store()
     n_jobs = len(flow.jobs)
@@ -201,8 +217,10 @@ def csp(
         result = run_flow(flow, store=store, on_job=on_job)
         progress.update(task, description=f"{formula}: done", completed=n_jobs)
     if result is None:
-        console.print("[bold red]error:[/] the flow produced no result; failed jobs: "
-                      + (", ".join(failures) or "unknown"))
+        console.print(
+            "[bold red]error:[/] the flow produced no result; failed jobs: "
+            + (", ".join(failures) or "unknown")
+        )
         raise typer.Exit(1)
     if isinstance(result, dict):
         result = CSPResultDoc.model_validate(result)
@@ -253,11 +271,12 @@ def dft_table(result: Any, store: Any) -> Table:
 
 
 @app.command()
-@_input_errors_exit
+@input_errors_exit
 def submit(
     formula: Annotated[str, typer.Argument(help="composition, e.g. CsV3Sb5")],
-    launchpad: Annotated[Path | None, typer.Option(help="my_launchpad.yaml (MongoDB); "
-                                                   "default: embedded LaunchPad")] = None,
+    launchpad: Annotated[
+        Path | None, typer.Option(help="my_launchpad.yaml (MongoDB); default: embedded LaunchPad")
+    ] = None,
     launch: Annotated[bool, typer.Option(help="also run it now (rapidfire, this process)")] = False,
     launch_dir: Annotated[Path | None, typer.Option(help="where rapidfire runs jobs")] = None,
     n: N = 20,
@@ -285,8 +304,22 @@ def submit(
         from dao_core.errors import DAOInputError
 
         raise DAOInputError(f"LaunchPad file {launchpad} does not exist")
-    opts = _flow_options(n, n_random, steps, scale, formula_units, seed, relax, fmax,
-                         relax_steps, force_field, verify_top, device, model, guidance)
+    opts = _flow_options(
+        n,
+        n_random,
+        steps,
+        scale,
+        formula_units,
+        seed,
+        relax,
+        fmax,
+        relax_steps,
+        force_field,
+        verify_top,
+        device,
+        model,
+        guidance,
+    )
     flow = dao_csp_flow(formula, **opts)
     store = get_store()
     info = submit_flow(flow, launchpad_file=launchpad, store=store)
@@ -328,19 +361,33 @@ def query(
     store = get_store()
     rows = list_runs(formula, store=store)
     if not rows:
-        console.print(f"no CSP runs{' for ' + formula if formula else ''} in "
-                      f"{describe_store(store)}")
+        console.print(
+            f"no CSP runs{' for ' + formula if formula else ''} in {describe_store(store)}"
+        )
         raise typer.Exit(1)
     if runs or (formula is None and run is None):
         table = Table(title=f"CSP runs in {describe_store(store)}")
-        for col in ("run uuid", "formula", "completed", "relax", "candidates", "unique",
-                    "failed", "best"):
+        for col in (
+            "run uuid",
+            "formula",
+            "completed",
+            "relax",
+            "candidates",
+            "unique",
+            "failed",
+            "best",
+        ):
             table.add_column(col)
         for r in rows:
             table.add_row(
-                str(r["run_uuid"]), str(r["formula"]), str(r["completed_at"])[:19],
-                str(r["relax_mode"]), str(r["n_candidates"]), str(r["n_unique"]),
-                str(r["n_failed"]), str(r["best_spacegroup"]),
+                str(r["run_uuid"]),
+                str(r["formula"]),
+                str(r["completed_at"])[:19],
+                str(r["relax_mode"]),
+                str(r["n_candidates"]),
+                str(r["n_unique"]),
+                str(r["n_failed"]),
+                str(r["best_spacegroup"]),
             )
         console.print(table)
         return

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from dao_flows.cli import app
+from dao_flows.cli.flows import input_errors_exit
 
 console = Console()
 
@@ -28,25 +29,8 @@ def _datasets(spec: str) -> list[tuple[Path, str | None]]:
     return out
 
 
-def _exit_on_input_error(func):  # type: ignore[no-untyped-def]
-    """Bad input ends the command with its message, not a traceback."""
-    import functools
-
-    from dao_core.errors import DAOInputError
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-        try:
-            return func(*args, **kwargs)
-        except DAOInputError as exc:
-            console.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
 @app.command()
-@_exit_on_input_error
+@input_errors_exit
 def train(
     model: Annotated[str, typer.Option(help="dao-g or dao-p")],
     data: Annotated[str, typer.Option(help="CSV[:label_column][,CSV[:label_column]...]")],
@@ -107,7 +91,7 @@ def train(
 
 
 @app.command("relax-dataset")
-@_exit_on_input_error
+@input_errors_exit
 def relax_dataset(
     dao_p: Annotated[str, typer.Option("--dao-p", help="DAO-P checkpoint or bundled name")],
     data: Annotated[Path, typer.Option(help="CSV in CDVAE layout")],
@@ -148,7 +132,7 @@ def relax_dataset(
 
 
 @app.command()
-@_exit_on_input_error
+@input_errors_exit
 def sample(
     formula: str,
     model: Annotated[str, typer.Option(help="DAO-G checkpoint or bundled name")] = "dao-g-base",
@@ -181,7 +165,7 @@ def sample(
 
 
 @app.command()
-@_exit_on_input_error
+@input_errors_exit
 def benchmark(
     model: Annotated[str, typer.Option(help="DAO-G checkpoint or bundled name")],
     data: Annotated[Path, typer.Option(help="test CSV (CDVAE layout)")],
