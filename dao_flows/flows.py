@@ -242,7 +242,8 @@ def run_dao_side(formula: str, **options: Any) -> tuple[Any, float]:
 
     options = {"n": 8, "relax": "batched", **options}
     started = time.perf_counter()
-    result = run_flow(dao_csp_flow(formula, **options), store=JobStore(MemoryStore()))
+    store = JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
+    result = run_flow(dao_csp_flow(formula, **options), store=store)
     seconds = time.perf_counter() - started
     if isinstance(result, dict):
         result = CSPResultDoc.model_validate(result)
