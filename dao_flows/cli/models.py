@@ -64,7 +64,8 @@ def train(
     from dao_core.train import train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    datasets = {str(p): load_csv(p, label) for p, label in _datasets(data)}
+    specs = _datasets(data)
+    datasets = {str(p): load_csv(p, label) for p, label in specs}
     train_sets, val_sets, split_path = split_datasets(datasets, out, val_fraction, seed, split)
     cfg = TrainConfig(
         kind=model, preset=preset, out=str(out), init=init, max_steps=steps,
@@ -72,19 +73,19 @@ def train(
         energy_loss=energy_loss, time_limit=time_limit, time_budget=time_budget,
         eval_every=eval_every,
         save_every=save_every,
-        record={"data": [f"{p}:{label or ''}" for p, label in _datasets(data)],
+        record={"data": [f"{p}:{label or ''}" for p, label in specs],
                 "split": str(split_path)},
     )  # fmt: skip
-    labelled = [k for k, (p, label) in zip(datasets, _datasets(data), strict=True) if label]
-    if model == "dao-p" and len(labelled) > 1:
+    labels = [label for _, label in specs if label]
+    if model == "dao-p" and len(labels) > 1:
         train_records, cfg.per_dataset = standardise_per_dataset(train_sets)
         val_records, _ = standardise_per_dataset(val_sets)
         cfg.label_name, cfg.label_unit = "per-dataset standardised energy", "std. units"
     else:
         train_records = [r for rs in train_sets.values() for r in rs]
         val_records = [r for rs in val_sets.values() for r in rs]
-        if labelled:
-            cfg.label_name = dict(_datasets(data)).get(Path(labelled[0])) or cfg.label_name
+        if labels:
+            cfg.label_name = labels[0]
     console.print(f"{len(train_records)} training / {len(val_records)} validation structures")
     run_training(cfg, train_records, val_records)
     console.print(f"checkpoints in {out}")
