@@ -4,11 +4,15 @@ composition and atom count, then score match rate / RMSE / validity (``dao_core.
 
 from __future__ import annotations
 
+import gzip
+import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
+from pymatgen.core import Structure
 
 from dao_core.csp import model_info, sample_batch
 from dao_core.dao import DAOModel
@@ -31,9 +35,26 @@ class BenchmarkResult:
     device: str
     generator: dict | None
     guidance: dict | None
+    material_ids: list[str]
+    rms_per_crystal: list[float | None]  # None = not matched
+    predictions: list[list[Structure | None]] = field(repr=False, default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Metrics and per-crystal RMS (JSON-ready; the predicted structures are left out)."""
+        out = asdict(self)
+        del out["predictions"]
+        return out
+
+    def save_predictions(self, path: str | Path) -> None:
+        """Predicted structures per test crystal as gzipped JSON (pymatgen dicts), for analysis."""
+        payload = [
+            {"material_id": mid, "rms": rms, "samples": [s and s.as_dict() for s in preds]}
+            for mid, rms, preds in zip(
+                self.material_ids, self.rms_per_crystal, self.predictions, strict=True
+            )
+        ]
+        with gzip.open(path, "wt") as handle:
+            json.dump(payload, handle)
 
 
 def run_benchmark(
@@ -80,4 +101,7 @@ def run_benchmark(
         device=str(model.device),
         generator=model_info(model),
         guidance=model_info(guidance),
+        material_ids=[r.material_id for r in records],
+        rms_per_crystal=metrics.rms_per_crystal,
+        predictions=per_crystal,
     )

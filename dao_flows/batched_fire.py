@@ -232,7 +232,11 @@ def batched_fire_relax(
             finite = torch.isfinite(forces).all() and torch.isfinite(stress).all()
             if not (np.isfinite(e) and finite):
                 results[i] = BatchRelaxResult(
-                    None, None, False, int(nsteps[i]), None,
+                    None,
+                    None,
+                    False,
+                    int(nsteps[i]),
+                    None,
                     f"non-finite energy/forces/stress at step {int(nsteps[i])}",
                 )
                 active[i] = False
@@ -248,9 +252,7 @@ def batched_fire_relax(
                 gc = (frechet[j] * ucf_grad).sum(dim=(-1, -2)).view(3, 3) / ecf[i]
             else:
                 gc = torch.zeros(3, 3, dtype=dtype)
-            fnorm = max(
-                float(gp[: natoms[i]].norm(dim=1).max()), float(gc.norm(dim=1).max())
-            )
+            fnorm = max(float(gp[: natoms[i]].norm(dim=1).max()), float(gc.norm(dim=1).max()))
             converged = fnorm < fmax
             if converged or int(nsteps[i]) >= steps:
                 results[i] = BatchRelaxResult(

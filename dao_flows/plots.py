@@ -29,23 +29,28 @@ def plot_ranking(result: CSPResultDoc, path: str | Path, top: int | None = 30) -
             bar.set_hatch(hatch)
         ax.set_xticks(list(x))
         ax.set_xticklabels(
-            [f"{p.rank}: {p.spacegroup_symbol}" for p in polys], rotation=60, ha="right",
+            [f"{p.rank}: {p.spacegroup_symbol}" for p in polys],
+            rotation=60,
+            ha="right",
             fontsize=8,
         )
         sources = sorted({p.source for p in polys})
         handles = [Patch(color=SOURCE_COLOURS.get(s, "grey"), label=s) for s in sources]
         if any(h for h in hatches):
-            handles.append(Patch(facecolor="white", edgecolor="black", hatch="//",
-                                 label="not converged"))
+            handles.append(
+                Patch(facecolor="white", edgecolor="black", hatch="//", label="not converged")
+            )
         ax.legend(handles=handles, fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no relaxed candidates", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no relaxed candidates", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel("E − E$_{min}$ (meV/atom)")
     ax.set_xlabel("rank: space group")
     ff = result.provenance.get("relaxation", {}).get("force_field_name", "CHGNet")
-    ax.set_title(f"{result.formula}: {len(result.polymorphs)} unique of "
-                 f"{result.n_candidates} candidates ({ff})", fontsize=10)
+    ax.set_title(
+        f"{result.formula}: {len(result.polymorphs)} unique of "
+        f"{result.n_candidates} candidates ({ff})",
+        fontsize=10,
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -123,8 +123,9 @@ def export_structures(
     result = get_result(formula, run_uuid, store)
     if result is None:
         return []
-    return write_structures(result.polymorphs[:top] if top else result.polymorphs, out_dir, fmt,
-                            symprec=symprec)
+    return write_structures(
+        result.polymorphs[:top] if top else result.polymorphs, out_dir, fmt, symprec=symprec
+    )
 
 
 def write_structures(

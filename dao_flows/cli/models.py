@@ -182,6 +182,9 @@ def benchmark(
     seed: int = 0,
     device: str | None = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
+    predictions: Annotated[
+        Path | None, typer.Option(help="write the sampled structures here (.json.gz)")
+    ] = None,
 ) -> None:
     """CSP benchmark under the DiffCSP protocol: match rate, RMSE, validity, throughput."""
     from dao_core.benchmark import run_benchmark
@@ -215,6 +218,8 @@ def benchmark(
     console.print(table)
     if json_out:
         json_out.write_text(json.dumps({"data": str(data), **result.to_dict()}, indent=2))
+    if predictions:
+        result.save_predictions(predictions)
 
 
 @app.command()
