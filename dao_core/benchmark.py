@@ -17,6 +17,7 @@ from pymatgen.core import Structure
 from dao_core.csp import model_info, sample_batch
 from dao_core.dao import DAOModel
 from dao_core.data import CrystalRecord
+from dao_core.diffusion import SamplerSettings
 from dao_core.metrics import evaluate_csp
 
 
@@ -32,6 +33,7 @@ class BenchmarkResult:
     matching_s: float
     steps: int
     scale: float
+    sampling: dict
     device: str
     generator: dict | None
     guidance: dict | None
@@ -68,6 +70,7 @@ def run_benchmark(
     seed: int = 0,
     n_jobs: int | None = None,
     progress: Callable[[int], None] | None = None,
+    sampling: SamplerSettings | None = None,
 ) -> BenchmarkResult:
     """Sample ``samples`` structures per record and evaluate them against the records."""
     compositions = [r.atomic_numbers for r in records] * samples
@@ -79,7 +82,9 @@ def run_benchmark(
     # Chunks of one batch keep the progress display live; ordering stays intact.
     for start in range(0, len(compositions), batch_size):
         chunk = compositions[start : start + batch_size]
-        predicted += sample_batch(model, chunk, steps, guidance, scale, batch_size, generator)
+        predicted += sample_batch(
+            model, chunk, steps, guidance, scale, batch_size, generator, sampling
+        )
         if progress:
             progress(len(chunk))
     sampling_s = time.perf_counter() - started
@@ -98,6 +103,7 @@ def run_benchmark(
         matching_s=round(time.perf_counter() - started, 3),
         steps=steps or model.schedule.steps,
         scale=scale if guidance is not None else 0.0,
+        sampling=asdict(sampling or model.sampling),
         device=str(model.device),
         generator=model_info(model),
         guidance=model_info(guidance),

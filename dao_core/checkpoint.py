@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dao_core.dao import DAOModel, EnergyLabel
+from dao_core.diffusion import SamplerSettings
 from dao_core.errors import DAOInputError
 from dao_core.model import CrysformerConfig
 
@@ -73,6 +74,7 @@ def save_model(
         "crysformer": model.config.to_dict(),
         "diffusion_steps": model.schedule.steps,
         "energy_label": asdict(model.label),
+        "sampling": asdict(model.sampling),
         "sha256": digest,
         "record": record or {},
     }
@@ -96,6 +98,7 @@ def load_model(name_or_path: str | Path | DAOModel, device: str | None = None) -
             CrysformerConfig(**config["crysformer"]),
             EnergyLabel(**config["energy_label"]),
             steps=config["diffusion_steps"],
+            sampling=SamplerSettings(**config.get("sampling", {})),
         )
         weights = {k: v.float() if v.is_floating_point() else v
                    for k, v in load_file(folder / WEIGHTS_FILE).items()}  # fmt: skip

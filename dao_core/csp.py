@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import dao_core
 from dao_core.checkpoint import default_device, load_model
 from dao_core.dao import DAOModel
 from dao_core.data import CrystalBatch, parse_composition
+from dao_core.diffusion import SamplerSettings
 from dao_core.errors import DAOInputError
 
 DEFAULT_GENERATOR = "dao-g-base"
@@ -47,10 +48,12 @@ def sample_batch(
     scale: float = 0.0,
     batch_size: int = 256,
     generator: torch.Generator | None = None,
+    sampling: SamplerSettings | None = None,
 ) -> list[Structure]:
     """One structure per composition (arrays of atomic numbers), sampled in padded batches.
 
     Compositions are sorted by size so each batch pads little; results come back in input order.
+    ``sampling=None`` uses the model's own sampler settings.
     """
     order = np.argsort([len(c) for c in compositions], kind="stable")
     out: list[Structure | None] = [None] * len(compositions)
@@ -59,7 +62,7 @@ def sample_batch(
         idx = order[start : start + batch_size]
         batch = CrystalBatch.from_compositions([compositions[i] for i in idx]).to(device)
         frac, lattice = model.sample(
-            batch.atom_types, batch.mask, steps, guidance, scale, generator=generator
+            batch.atom_types, batch.mask, steps, guidance, scale, generator, sampling
         )
         batch.frac, batch.lattice = frac, lattice
         for i, structure in zip(idx, batch.to_structures(), strict=True):
@@ -78,8 +81,10 @@ def generate(
     seed: int | None = None,
     device: str | None = None,
     batch_size: int = 256,
+    sampling: SamplerSettings | None = None,
 ) -> GenerationResult:
-    """``n`` candidate structures for ``formula`` (× ``formula_units``)."""
+    """``n`` candidate structures for ``formula`` (× ``formula_units``); ``sampling=None``
+    uses the generator's own sampler settings."""
     if n < 1:
         raise DAOInputError(f"number of candidates must be at least 1, got {n}")
     if steps < 1:
@@ -96,7 +101,9 @@ def generate(
         seed = int(np.random.SeedSequence().entropy % (2**31))
     rng = torch.Generator(device=dev).manual_seed(seed)
     started = time.perf_counter()
-    structures = sample_batch(generator_model, [atoms] * n, steps, guide, scale, batch_size, rng)
+    structures = sample_batch(
+        generator_model, [atoms] * n, steps, guide, scale, batch_size, rng, sampling
+    )
     provenance = {
         "formula": formula,
         "formula_units": formula_units,
@@ -106,6 +113,7 @@ def generate(
         "guidance": model_info(guide),
         "scale": scale if guide is not None else 0.0,
         "steps": steps,
+        "sampling": asdict(sampling or generator_model.sampling),
         "seed": seed,
         "device": str(dev),
         "wall_time_s": round(time.perf_counter() - started, 3),

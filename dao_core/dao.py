@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dao_core.diffusion import DiffusionSchedule, add_noise, diffusion_losses, sample
+from dao_core.diffusion import (
+    DiffusionSchedule,
+    SamplerSettings,
+    add_noise,
+    diffusion_losses,
+    sample,
+)
 from dao_core.model import Crysformer, CrysformerConfig, CrysformerOutput
 
 Kind = Literal["dao-g", "dao-p"]
@@ -41,6 +47,7 @@ class DAOModel(nn.Module):
         config: CrysformerConfig,
         label: EnergyLabel | None = None,
         steps: int = 1000,
+        sampling: SamplerSettings | None = None,
     ) -> None:
         super().__init__()
         if kind not in ("dao-g", "dao-p"):
@@ -50,6 +57,7 @@ class DAOModel(nn.Module):
         self.label = label or EnergyLabel()
         self.net = Crysformer(config)
         self.schedule = DiffusionSchedule(steps)
+        self.sampling = sampling or SamplerSettings()  # this model's tuned sampler defaults
         self.name = ""  # set by the loader: bundled name or path
         self.content_hash = ""
 
@@ -175,10 +183,13 @@ class DAOModel(nn.Module):
         steps: int | None = None,
         guidance: DAOModel | None = None,
         scale: float = 0.0,
-        step_lr: float = 1e-5,
         generator: torch.Generator | None = None,
+        sampling: SamplerSettings | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fractional coordinates (B, N, 3) and lattices (B, 3, 3) for padded compositions."""
+        """Fractional coordinates (B, N, 3) and lattices (B, 3, 3) for padded compositions.
+
+        ``sampling=None`` uses the model's own sampler settings (``self.sampling``).
+        """
 
         # bf16 on GPU: the sampler's arithmetic stays in float32, only the networks run in bf16.
         amp = torch.autocast("cuda", torch.bfloat16, enabled=atom_types.is_cuda)
@@ -199,7 +210,8 @@ class DAOModel(nn.Module):
                 with amp:
                     return guidance.energy(atom_types, frac, lattice, mask, t).float()
 
-        return sample(score_fn, self.schedule, mask, steps, step_lr, energy_fn, scale, generator)
+        settings = sampling or self.sampling
+        return sample(score_fn, self.schedule, mask, steps, settings, energy_fn, scale, generator)
 
     def _require_energy(self) -> None:
         if self.kind != "dao-p":

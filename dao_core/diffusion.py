@@ -19,6 +19,15 @@ N_IMAGES = 10  # periodic images n = -10..10 in the wrapped-normal sums
 LATTICE_CLIP = 50.0  # A; bound on predicted clean lattice entries (cells of <= 100 atoms)
 
 
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Sampler knobs that belong to a trained model: tuned per data family on validation (as
+    DiffCSP tunes its corrector step per dataset) and saved in the checkpoint config."""
+
+    step_lr: float = 1e-5  # Langevin corrector step (method doc; DiffCSP's MP-20 value)
+    temperature: float = 1.0  # noise std multiplier: 1 = learned distribution, < 1 = mode-seeking
+
+
 def cosine_betas(steps: int, s: float = 0.008) -> torch.Tensor:
     x = torch.linspace(0, steps, steps + 1, dtype=torch.float64)
     alphas_cumprod = torch.cos(((x / steps) + s) / (1 + s) * math.pi * 0.5) ** 2
@@ -144,7 +153,7 @@ def sample(
     schedule: DiffusionSchedule,
     mask: torch.Tensor,
     steps: int | None = None,
-    step_lr: float = 1e-5,
+    settings: SamplerSettings = SamplerSettings(),  # noqa: B008 (frozen, immutable)
     energy_fn: EnergyFn | None = None,
     guidance_scale: float = 0.0,
     generator: torch.Generator | None = None,
@@ -154,6 +163,8 @@ def sample(
     ``score_fn(frac, lattice, t)`` returns the DAO-G outputs, ``energy_fn(frac, lattice, t)`` the
     DAO-P energy per crystal. ``steps`` < T runs a strided subset of the trained steps (the
     schedule's own steps are always used; fewer steps trades accuracy for speed).
+    ``settings.temperature`` scales the standard deviation of the noise injected by the predictor
+    and the corrector: 1 samples the learned distribution, < 1 concentrates samples on its modes.
     """
     device = mask.device
     b, n = mask.shape
@@ -176,9 +187,9 @@ def sample(
         sqrt_lambda = sched.lambdas[k].sqrt()
         last = k_prev == 0
         # Corrector: Langevin on X only.
-        step = step_lr * (sigma / sched.sigma_begin) ** 2
+        step = settings.step_lr * (sigma / sched.sigma_begin) ** 2
         score = score_fn(frac, lattice, t).coord * sqrt_lambda
-        noise = randn(b, n, 3) if not last else 0.0
+        noise = settings.temperature * randn(b, n, 3) if not last else 0.0
         frac = torch.remainder(frac + (step * score + (2 * step).sqrt() * noise) * atom_mask, 1.0)
 
         # Predictor: reverse VE step on X, DDPM ancestral step on L (strided: use the
@@ -208,7 +219,7 @@ def sample(
         if last:
             frac, lattice = mean_x, mean_l
         else:
-            frac = mean_x + var_x.sqrt() * randn(b, n, 3)
-            lattice = mean_l + var_l.sqrt() * randn(b, 3, 3)
+            frac = mean_x + settings.temperature * var_x.sqrt() * randn(b, n, 3)
+            lattice = mean_l + settings.temperature * var_l.sqrt() * randn(b, 3, 3)
         frac = torch.remainder(frac * atom_mask, 1.0)
     return frac, lattice

@@ -8,14 +8,21 @@ import torch
 from dao_core.checkpoint import load_model
 from dao_core.dao import DAOModel
 from dao_core.data import CrystalBatch, parse_composition
-from dao_core.diffusion import DiffusionSchedule, sample, wrapped_normal_score
+from dao_core.diffusion import DiffusionSchedule, SamplerSettings, sample, wrapped_normal_score
 from dao_core.model import CrysformerConfig, CrysformerOutput
 
 
-@pytest.mark.parametrize("steps", [1000, 50])
-def test_sampler_with_exact_scores_recovers_the_crystal(steps: int) -> None:
+@pytest.mark.parametrize(
+    ("steps", "settings"),
+    [(1000, SamplerSettings()), (50, SamplerSettings()),
+     (1000, SamplerSettings(step_lr=5e-7, temperature=0.5))],
+)  # fmt: skip
+def test_sampler_with_exact_scores_recovers_the_crystal(
+    steps: int, settings: SamplerSettings
+) -> None:
     """For a single crystal the noised distribution's scores are known in closed form; fed
-    those, the predictor-corrector sampler must land on the crystal (strided steps too)."""
+    those, the predictor-corrector sampler must land on the crystal (strided steps and
+    lower-temperature settings too)."""
     sched = DiffusionSchedule(1000)
     x0 = torch.tensor([[0.1, 0.2, 0.3], [0.6, 0.7, 0.8], [0.95, 0.05, 0.5]])
     l0 = torch.tensor([[4.0, 0.0, 0.0], [1.0, 5.0, 0.0], [0.5, 0.3, 6.0]])
@@ -32,7 +39,7 @@ def test_sampler_with_exact_scores_recovers_the_crystal(steps: int) -> None:
         return CrysformerOutput(coord, eps, torch.zeros(b))
 
     gen = torch.Generator().manual_seed(0)
-    frac, lattice = sample(exact, sched, mask, steps=steps, generator=gen)
+    frac, lattice = sample(exact, sched, mask, steps, settings, generator=gen)
     err = torch.remainder(frac - x0 + 0.5, 1.0) - 0.5
     assert err.abs().max() < 1e-3
     assert (lattice - l0).abs().max() < 1e-2

@@ -13,6 +13,7 @@ from dao_core.benchmark import run_benchmark
 from dao_core.checkpoint import file_hash, load_model, save_model
 from dao_core.dao import DAOModel
 from dao_core.data import load_csv
+from dao_core.diffusion import SamplerSettings
 from dao_core.errors import DAOInputError
 from dao_core.model import CrysformerConfig
 from dao_core.train import TrainConfig, train
@@ -59,11 +60,13 @@ def test_resume_continues_the_same_run(handful: list, tmp_path: Path) -> None:
 
 def test_checkpoint_round_trip_and_hash(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = DAOModel("dao-p", CrysformerConfig.preset("tiny")).eval()
+    tuned = SamplerSettings(step_lr=5e-6, temperature=0.7)
+    model = DAOModel("dao-p", CrysformerConfig.preset("tiny"), sampling=tuned).eval()
     digest = save_model(model, tmp_path / "fp32")
     assert digest == file_hash(tmp_path / "fp32" / "model.safetensors")
     loaded = load_model(tmp_path / "fp32", device="cpu")
     assert loaded.content_hash == digest and loaded.kind == "dao-p"
+    assert loaded.sampling == tuned  # a model's tuned sampler settings travel with it
     args = (torch.tensor([[8, 22, 38, 8, 8]]), torch.rand(1, 5, 3), 4 * torch.eye(3)[None],
             torch.ones(1, 5, dtype=torch.bool), torch.tensor([10]))  # fmt: skip
     with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -174,6 +175,12 @@ def benchmark(
     guidance: Annotated[str | None, typer.Option(help="DAO-P for energy guidance")] = None,
     scale: float = 0.0,
     steps: int = 1000,
+    step_lr: Annotated[
+        float | None, typer.Option(help="Langevin corrector step (default: the model's own)")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="sampler noise multiplier (default: the model's own)")
+    ] = None,
     split: Annotated[
         Path | None, typer.Option(help="evaluate only the 'val' ids of this split JSON")
     ] = None,
@@ -193,6 +200,10 @@ def benchmark(
 
     generator = load_model(model, device=device)
     guide = load_model(guidance, device=device) if guidance and scale > 0 else None
+    overrides = {"step_lr": step_lr, "temperature": temperature}
+    sampling = replace(
+        generator.sampling, **{k: v for k, v in overrides.items() if v is not None}
+    )
     records = load_csv(data)
     if split is not None:
         keep = set(load_split(split)["val"])
@@ -205,7 +216,7 @@ def benchmark(
         task = bar.add_task("sampling", total=len(records) * samples)
         result = run_benchmark(
             generator, records, samples, guide, scale, steps, batch_size, seed,
-            progress=lambda k: bar.advance(task, k),
+            progress=lambda k: bar.advance(task, k), sampling=sampling,
         )  # fmt: skip
     table = Table("data", "crystals", "k", "match rate", "RMSE", "valid", "steps", "w",
                   "sampling s", "structures/s", "device")  # fmt: skip
