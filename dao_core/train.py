@@ -25,6 +25,7 @@ from torch import nn
 from dao_core.checkpoint import load_model, save_model
 from dao_core.dao import DAOModel, EnergyLabel
 from dao_core.data import CrystalBatch, CrystalRecord, load_split, save_split, split_records
+from dao_core.diffusion import SamplerSettings
 from dao_core.model import CrysformerConfig
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class TrainConfig:
     time_limit: float | None = None  # seconds; checkpoint and stop, to resume later
     time_budget: float | None = None  # seconds; the whole run, schedule included, ends by then
     record: dict = field(default_factory=dict)  # provenance written into the checkpoint
+    sampling: dict = field(default_factory=dict)  # SamplerSettings fields to save with the model
 
 
 class _Loss(nn.Module):
@@ -207,6 +209,7 @@ def build_model(cfg: TrainConfig, train: Sequence[CrystalRecord]) -> DAOModel:
         if model.kind != cfg.kind:
             raise ValueError(f"--init {cfg.init} is a {model.kind} model, not {cfg.kind}")
         model.name = ""
+        model.sampling = replace(model.sampling, **cfg.sampling)
         return model.train()
     label = None
     if cfg.kind == "dao-p":
@@ -219,7 +222,9 @@ def build_model(cfg: TrainConfig, train: Sequence[CrystalRecord]) -> DAOModel:
             cfg.energy_loss,
             cfg.per_dataset,  # type: ignore[arg-type]
         )
-    return DAOModel(cfg.kind, CrysformerConfig.preset(cfg.preset), label)  # type: ignore[arg-type]
+    preset = CrysformerConfig.preset(cfg.preset)
+    sampling = SamplerSettings(**cfg.sampling)
+    return DAOModel(cfg.kind, preset, label, sampling=sampling)  # type: ignore[arg-type]
 
 
 @torch.no_grad()

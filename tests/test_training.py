@@ -47,7 +47,7 @@ def test_tiny_dao_g_reproduces_its_training_structures(handful: list, tmp_path: 
 def test_resume_continues_the_same_run(handful: list, tmp_path: Path) -> None:
     out = tmp_path / "run"
     base = dict(kind="dao-g", preset="tiny", out=str(out), batch_size=8, warmup=2,
-                eval_every=10**9, save_every=10**9)  # fmt: skip
+                eval_every=10**9, save_every=10**9, sampling={"step_lr": 5e-7})  # fmt: skip
     train(TrainConfig(**base, max_steps=30, time_limit=1e-9), handful, [])  # stops after 1 step
     state = torch.load(out / "trainer_state.pt", weights_only=True)
     assert state["step"] == 1 and not (out / "final").exists()
@@ -56,6 +56,7 @@ def test_resume_continues_the_same_run(handful: list, tmp_path: Path) -> None:
     assert state["step"] == 30
     history = json.loads((out / "history.json").read_text())
     assert history[-1]["step"] == 30 and (out / "final" / "model.safetensors").is_file()
+    assert load_model(out / "final").sampling == SamplerSettings(step_lr=5e-7, temperature=1.0)
 
 
 def test_checkpoint_round_trip_and_hash(tmp_path: Path) -> None:

@@ -57,6 +57,12 @@ def train(
     ] = None,
     eval_every: int = 500,
     save_every: int = 1000,
+    step_lr: Annotated[
+        float | None, typer.Option(help="sampler corrector step to save with the model")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="sampler temperature to save with the model")
+    ] = None,
 ) -> None:
     """Train DAO-G (Stage I/II, fine-tuning) or DAO-P; resumes if OUT holds a run."""
 
@@ -74,6 +80,8 @@ def train(
         energy_loss=energy_loss, time_limit=time_limit, time_budget=time_budget,
         eval_every=eval_every,
         save_every=save_every,
+        sampling={k: v for k, v in (("step_lr", step_lr), ("temperature", temperature))
+                  if v is not None},
         record={"data": [f"{p}:{label or ''}" for p, label in specs],
                 "split": str(split_path)},
     )  # fmt: skip
@@ -201,9 +209,7 @@ def benchmark(
     generator = load_model(model, device=device)
     guide = load_model(guidance, device=device) if guidance and scale > 0 else None
     overrides = {"step_lr": step_lr, "temperature": temperature}
-    sampling = replace(
-        generator.sampling, **{k: v for k, v in overrides.items() if v is not None}
-    )
+    sampling = replace(generator.sampling, **{k: v for k, v in overrides.items() if v is not None})
     records = load_csv(data)
     if split is not None:
         keep = set(load_split(split)["val"])
@@ -238,12 +244,17 @@ def models() -> None:
     """List the bundled models with their training data and hashes."""
     from dao_core.checkpoint import bundled_models, read_config
 
-    table = Table("name", "kind", "preset (H x layers)", "sha256", "trained on")
+    table = Table("name", "kind", "preset (H x layers)", "sampler (step_lr, T)", "sha256",
+                  "trained on")  # fmt: skip
     for name in bundled_models():
         cfg = read_config(name)
         arch = cfg["crysformer"]
+        sampler = cfg.get("sampling", {})
         table.add_row(
-            name, cfg["kind"], f"{arch['hidden']} x {arch['layers']}", cfg["sha256"][:12],
+            name, cfg["kind"], f"{arch['hidden']} x {arch['layers']}",
+            f"{sampler.get('step_lr', 1e-5):g}, {sampler.get('temperature', 1.0):g}"
+            if cfg["kind"] == "dao-g" else "-",
+            cfg["sha256"][:12],
             ", ".join(Path(d).parent.name for d in cfg["record"].get("data", [])),
         )  # fmt: skip
     console.print(table)
