@@ -56,8 +56,9 @@ def make_candidates(formula: str, n: int, seed: int) -> list:
     return [s for s, _ in random_candidates(z, n, seed)]
 
 
-def rattled_candidates(cif: Path, n: int, seed: int, sigma: float = 0.1,
-                       strain: float = 0.02) -> list:
+def rattled_candidates(
+    cif: Path, n: int, seed: int, sigma: float = 0.1, strain: float = 0.02
+) -> list:
     """``n`` copies of a known structure, atoms displaced by N(0, sigma) Å and the cell strained
     by a random symmetric strain of scale ``strain``: the near-minimum candidates a good
     generator proposes (random pyxtal structures are far from any minimum)."""
@@ -99,8 +100,9 @@ def per_candidate_jobflow(structures: list, fmax: float, steps: int, device: str
     return {"wall_s": wall, "results": out}
 
 
-def per_candidate_ase(structures: list, fmax: float, steps: int, device: str | None,
-                      perturb: float = 0.0) -> dict:
+def per_candidate_ase(
+    structures: list, fmax: float, steps: int, device: str | None, perturb: float = 0.0
+) -> dict:
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
     from chgnet.model.dynamics import CHGNetCalculator
@@ -145,8 +147,7 @@ def batched_jobflow(structures: list, fmax: float, steps: int, device: str | Non
         {"energy_per_atom": r.energy_per_atom, "converged": r.converged, "steps": r.n_steps}
         for r in doc.results
     ]
-    return {"wall_s": wall, "results": out, "model_calls": doc.n_model_calls,
-            "device": doc.device}
+    return {"wall_s": wall, "results": out, "model_calls": doc.n_model_calls, "device": doc.device}
 
 
 def batched_plain(structures: list, fmax: float, steps: int, device: str | None) -> dict:
@@ -159,8 +160,12 @@ def batched_plain(structures: list, fmax: float, steps: int, device: str | None)
         {"energy_per_atom": r.energy_per_atom, "converged": r.converged, "steps": r.n_steps}
         for r in res
     ]
-    return {"wall_s": time.perf_counter() - t0, "results": out,
-            "model_calls": stats["model_calls"], "device": stats["device"]}
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "results": out,
+        "model_calls": stats["model_calls"],
+        "device": stats["device"],
+    }
 
 
 def main() -> None:
@@ -174,9 +179,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--mode", choices=["jobflow", "ase"], default="jobflow")
     ap.add_argument("--cif", type=Path, help="rattle this structure instead of pyxtal")
-    ap.add_argument("--baseline", action="store_true",
-                    help="also re-run the per-candidate ASE route from a 1e-9 Å nudge, to show "
-                         "which candidates are reproducible at all")
+    ap.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also re-run the per-candidate ASE route from a 1e-9 Å nudge, to show "
+        "which candidates are reproducible at all",
+    )
     ap.add_argument("--inputs", type=Path, help="candidates JSON (list of Structure dicts)")
     ap.add_argument("--save-inputs", type=Path, help="write the candidates as JSON and exit")
     ap.add_argument("--json", type=Path, help="write the results here")
@@ -208,14 +216,21 @@ def main() -> None:
     batched_plain(structures[:1], args.fmax, 2, device)
     b = bat(structures, args.fmax, args.steps, device)
     p = per(structures, args.fmax, args.steps, device)
-    base = (per_candidate_ase(structures, args.fmax, args.steps, device, perturb=1e-9)
-            if args.baseline else None)
+    base = (
+        per_candidate_ase(structures, args.fmax, args.steps, device, perturb=1e-9)
+        if args.baseline
+        else None
+    )
 
-    print(f"\n{len(structures)} x {args.formula} candidates, fmax {args.fmax} eV/Å, max "
-          f"{args.steps} steps, device {device}, torch threads {torch.get_num_threads()}, "
-          f"mode {args.mode}, host {platform.node()}")
-    print(f"{'#':>3} {'E per-cand':>12} {'E batched':>12} {'dE meV/at':>10} "
-          f"{'steps p/b':>10} {'conv p/b':>9}" + ("  nudge dE" if base else ""))
+    print(
+        f"\n{len(structures)} x {args.formula} candidates, fmax {args.fmax} eV/Å, max "
+        f"{args.steps} steps, device {device}, torch threads {torch.get_num_threads()}, "
+        f"mode {args.mode}, host {platform.node()}"
+    )
+    print(
+        f"{'#':>3} {'E per-cand':>12} {'E batched':>12} {'dE meV/at':>10} "
+        f"{'steps p/b':>10} {'conv p/b':>9}" + ("  nudge dE" if base else "")
+    )
     diffs, both_conv, reproducible = [], [], []
     for i, (rp, rb) in enumerate(zip(p["results"], b["results"], strict=True)):
         d = 1000 * (rb["energy_per_atom"] - rp["energy_per_atom"])
@@ -228,29 +243,48 @@ def main() -> None:
             extra = f" {dn:>10.3f}"
             if abs(dn) <= 1.0:
                 reproducible.append(abs(d))
-        print(f"{i:>3} {rp['energy_per_atom']:>12.5f} {rb['energy_per_atom']:>12.5f} {d:>10.3f} "
-              f"{rp['steps']:>4}/{rb['steps']:<5} {int(rp['converged'])}/{int(rb['converged'])}"
-              + extra)
+        print(
+            f"{i:>3} {rp['energy_per_atom']:>12.5f} {rb['energy_per_atom']:>12.5f} {d:>10.3f} "
+            f"{rp['steps']:>4}/{rb['steps']:<5} {int(rp['converged'])}/{int(rb['converged'])}"
+            + extra
+        )
     speedup = p["wall_s"] / b["wall_s"]
     within = sum(d <= 1.0 for d in diffs)
-    print(f"\nper-candidate: {p['wall_s']:.1f} s   batched: {b['wall_s']:.1f} s   "
-          f"speed-up {speedup:.1f}x (target >= 5x: {'met' if speedup >= 5 else 'NOT met'})")
-    print(f"|dE| <= 1 meV/atom for {within}/{len(diffs)} candidates "
-          f"(max {max(diffs):.3f}, median {float(np.median(diffs)):.3f}); among the "
-          f"{len(both_conv)} converged by both: max "
-          f"{max(both_conv) if both_conv else float('nan'):.3f} meV/atom")
+    print(
+        f"\nper-candidate: {p['wall_s']:.1f} s   batched: {b['wall_s']:.1f} s   "
+        f"speed-up {speedup:.1f}x (target >= 5x: {'met' if speedup >= 5 else 'NOT met'})"
+    )
+    print(
+        f"|dE| <= 1 meV/atom for {within}/{len(diffs)} candidates "
+        f"(max {max(diffs):.3f}, median {float(np.median(diffs)):.3f}); among the "
+        f"{len(both_conv)} converged by both: max "
+        f"{max(both_conv) if both_conv else float('nan'):.3f} meV/atom"
+    )
     if base:
         ok = sum(d <= 1.0 for d in reproducible)
-        print(f"baseline: {len(reproducible)}/{len(diffs)} candidates give the same per-candidate "
-              f"energy (within 1 meV/atom) from a 1e-9 Å nudge; among those, batched is within "
-              f"1 meV/atom for {ok}/{len(reproducible)}")
+        print(
+            f"baseline: {len(reproducible)}/{len(diffs)} candidates give the same per-candidate "
+            f"energy (within 1 meV/atom) from a 1e-9 Å nudge; among those, batched is within "
+            f"1 meV/atom for {ok}/{len(reproducible)}"
+        )
     if args.json:
-        args.json.write_text(json.dumps(default=float, obj={
-            "args": {k: str(v) for k, v in vars(args).items()}, "device": device,
-            "per_candidate": p, "batched": b, "speedup": speedup,
-            "abs_diff_meV": diffs, "threads": torch.get_num_threads(), "baseline": base,
-            "cpu_count": os.cpu_count(),
-        }, indent=1))
+        args.json.write_text(
+            json.dumps(
+                default=float,
+                obj={
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "device": device,
+                    "per_candidate": p,
+                    "batched": b,
+                    "speedup": speedup,
+                    "abs_diff_meV": diffs,
+                    "threads": torch.get_num_threads(),
+                    "baseline": base,
+                    "cpu_count": os.cpu_count(),
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

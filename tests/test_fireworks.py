@@ -76,10 +76,36 @@ def test_embedded_launchpad_rapidfire_survives_a_fizzled_relaxation(dao_env, tmp
 def test_dao_submit_then_rlaunch_executables(dao_env, tmp_path):
     env = {**os.environ, **dao_env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     submit = subprocess.run(
-        [sys.executable, "-m", "dao_flows.cli", "submit", "NaCl", "--relax", "batched",
-         "--n", "1", "--n-random", "2", "--steps", "20", "--formula-units", "2",
-         "--seed", "3", "--relax-steps", "20", "--fmax", "0.1", "--device", "cpu"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "dao_flows.cli",
+            "submit",
+            "NaCl",
+            "--relax",
+            "batched",
+            "--n",
+            "1",
+            "--n-random",
+            "2",
+            "--steps",
+            "20",
+            "--formula-units",
+            "2",
+            "--seed",
+            "3",
+            "--relax-steps",
+            "20",
+            "--fmax",
+            "0.1",
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert submit.returncode == 0, submit.stdout + submit.stderr
     assert "submitted workflow" in submit.stdout and "rlaunch rapidfire" in submit.stdout
@@ -93,7 +119,10 @@ def test_dao_submit_then_rlaunch_executables(dao_env, tmp_path):
     run = subprocess.run(
         [str(rlaunch), "rapidfire"],
         env={**env, "MONGOMOCK_SERVERSTORE_FILE": str(lp_file)},
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 

@@ -65,8 +65,9 @@ def chgnet():
 
 
 def rocksalt(a: float = 5.64) -> Structure:
-    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0],
-                                                                                [0.5, 0.5, 0.5]])
+    return Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
 
 
 # --------------------------------------------------------------------------- input validation
@@ -119,7 +120,10 @@ def test_generation_maker_records_sources_and_provenance(dao_env):
     doc = maker.make.original(maker, "NaCl", 2)  # the job's function, run in-process
     assert isinstance(doc, GenerationDoc)
     assert [c.candidate_id for c in doc.candidates] == [
-        "dao-g-000", "dao-g-001", "pyxtal-000", "pyxtal-001"
+        "dao-g-000",
+        "dao-g-001",
+        "pyxtal-000",
+        "pyxtal-001",
     ]
     assert [c.source for c in doc.candidates] == ["dao-g", "dao-g", "pyxtal", "pyxtal"]
     assert doc.n_atoms == 4 and doc.reduced_formula == "NaCl"
@@ -142,13 +146,17 @@ def test_batched_fire_matches_atomate2_relaxation(chgnet, dao_env):
     """Same optimiser, same potential: batched FIRE reproduces atomate2's per-structure run."""
     rng = np.random.default_rng(0)
     ideal = rocksalt(5.9)
-    start = Structure(ideal.lattice, ideal.species,
-                      ideal.cart_coords + rng.normal(0, 0.03, (len(ideal), 3)),
-                      coords_are_cartesian=True)
+    start = Structure(
+        ideal.lattice,
+        ideal.species,
+        ideal.cart_coords + rng.normal(0, 0.03, (len(ideal), 3)),
+        coords_are_cartesian=True,
+    )
     maker = default_relax_maker(fmax=0.05, steps=200)
     doc = maker.make.original(maker, start)
-    results, stats = batched_fire_relax([start, nan_structure(), start.copy()], chgnet,
-                                        fmax=0.05, steps=200)
+    results, stats = batched_fire_relax(
+        [start, nan_structure(), start.copy()], chgnet, fmax=0.05, steps=200
+    )
     ref = doc.output.energy / len(start)
     for r in (results[0], results[2]):  # the NaN structure between them changes nothing
         assert r.converged and r.error is None
@@ -160,8 +168,9 @@ def test_batched_fire_matches_atomate2_relaxation(chgnet, dao_env):
 
 def test_batched_relax_maker_skips_rejected_candidates(dao_env):
     ok = CandidateDoc(candidate_id="pyxtal-000", index=0, source="pyxtal", structure=rocksalt(5.8))
-    bad = CandidateDoc(candidate_id="dao-g-000", index=1, source="dao-g", valid=False,
-                       issue="exploded cell")
+    bad = CandidateDoc(
+        candidate_id="dao-g-000", index=1, source="dao-g", valid=False, issue="exploded cell"
+    )
     maker = BatchedRelaxMaker(fmax=0.1, steps=30, device="cpu")
     doc = maker.make.original(maker, [ok, bad])
     relaxed, skipped = doc.results
@@ -177,18 +186,38 @@ def test_ranking_deduplicates_and_ranks(dao_env):
     expanded = rocksalt(5.70)  # same structure type, slightly larger: a duplicate
     cscl = Structure(Lattice.cubic(3.4), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     cands = [
-        CandidateDoc(candidate_id=f"pyxtal-{i:03d}", index=i, source="pyxtal", structure=s,
-                     raw_structure=s)
+        CandidateDoc(
+            candidate_id=f"pyxtal-{i:03d}", index=i, source="pyxtal", structure=s, raw_structure=s
+        )
         for i, s in enumerate([nacl, expanded, cscl, nacl])
     ]
-    cands.append(CandidateDoc(candidate_id="dao-g-000", index=4, source="dao-g", valid=False,
-                              raw_structure=nacl, issue="overlapping atoms (min 0.1 Å)"))
-    gen = GenerationDoc(formula="NaCl", reduced_formula="NaCl", n_atoms=8, n_dao_g=0,
-                        n_random=4, candidates=cands, provenance={}, timings={"dao_g_s": 0.1})
+    cands.append(
+        CandidateDoc(
+            candidate_id="dao-g-000",
+            index=4,
+            source="dao-g",
+            valid=False,
+            raw_structure=nacl,
+            issue="overlapping atoms (min 0.1 Å)",
+        )
+    )
+    gen = GenerationDoc(
+        formula="NaCl",
+        reduced_formula="NaCl",
+        n_atoms=8,
+        n_dao_g=0,
+        n_random=4,
+        candidates=cands,
+        provenance={},
+        timings={"dao_g_s": 0.1},
+    )
     docs = [
         {"structure": nacl.as_dict(), "output": {"energy_per_atom": -3.70}, "state": "successful"},
-        {"structure": expanded.as_dict(), "output": {"energy_per_atom": -3.69},
-         "state": "successful"},
+        {
+            "structure": expanded.as_dict(),
+            "output": {"energy_per_atom": -3.69},
+            "state": "successful",
+        },
         {"structure": cscl.as_dict(), "output": {"energy": -3.60 * 2}, "state": "failed"},
         None,  # a relaxation job that failed
         None,  # the rejected candidate's slot: no relaxation output
@@ -317,8 +346,7 @@ def test_csp_flow_batched_and_rerun(dao_env):
 
 def test_verify_top_hook_adds_dft_jobs(dao_env):
     """verify_top=K calls dft_maker.make(structure) on the K best (here a stand-in maker)."""
-    flow = dao_csp_flow("NaCl", relax="batched", verify_top=1, dft_maker=EchoDFTMaker(),
-                        **SMALL)
+    flow = dao_csp_flow("NaCl", relax="batched", verify_top=1, dft_maker=EchoDFTMaker(), **SMALL)
     store = get_store()
     run_locally(flow, store=store, log=False)
     result = get_result(run_uuid=flow.uuid, store=store)
@@ -359,9 +387,31 @@ def test_cli_csp_query_export(dao_env, tmp_path):
 
     runner = CliRunner()
     out = tmp_path / "csp_out"
-    res = runner.invoke(app, ["csp", "NaCl", "--n", "1", "--n-random", "2", "--steps", "10",
-                              "--formula-units", "2", "--seed", "5", "--relax-steps", "20",
-                              "--fmax", "0.1", "--device", "cpu", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "csp",
+            "NaCl",
+            "--n",
+            "1",
+            "--n-random",
+            "2",
+            "--steps",
+            "10",
+            "--formula-units",
+            "2",
+            "--seed",
+            "5",
+            "--relax-steps",
+            "20",
+            "--fmax",
+            "0.1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "unique / 3 candidates" in res.output and "meV/atom" in res.output
     assert "#225" in res.output or "pyxtal" in res.output
@@ -374,8 +424,9 @@ def test_cli_csp_query_export(dao_env, tmp_path):
     assert "unique / 3 candidates" in res.output and "1 run(s) for NaCl" in res.output
     res = runner.invoke(app, ["query", "--runs"])
     assert res.exit_code == 0 and "NaCl" in res.output
-    res = runner.invoke(app, ["export", "NaCl", "--format", "poscar", "--out",
-                              str(tmp_path / "poscars")])
+    res = runner.invoke(
+        app, ["export", "NaCl", "--format", "poscar", "--out", str(tmp_path / "poscars")]
+    )
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "poscars").glob("*.vasp"))) == len(cifs)
 

@@ -13,8 +13,22 @@ from dao_flows.queries import list_runs
 from dao_flows.testing import isolate_environment
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--n", "1", "--n-random", "2", "--steps", "10", "--formula-units", "2", "--seed", "4",
-         "--relax-steps", "15", "--fmax", "0.1"]
+SMALL = [
+    "--n",
+    "1",
+    "--n-random",
+    "2",
+    "--steps",
+    "10",
+    "--formula-units",
+    "2",
+    "--seed",
+    "4",
+    "--relax-steps",
+    "15",
+    "--fmax",
+    "0.1",
+]
 
 
 @pytest.fixture(scope="session")
@@ -25,12 +39,21 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture
 def run_example(tmp_path, monkeypatch, checkpoints):
-    env = {**os.environ, **isolate_environment(monkeypatch, tmp_path, checkpoints),
-           "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        **isolate_environment(monkeypatch, tmp_path, checkpoints),
+        "PYTHONPATH": str(REPO),
+    }
 
     def run(script: str, *args: str) -> str:
-        proc = subprocess.run([sys.executable, str(REPO / "workflows" / script), *args],
-                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "workflows" / script), *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc.stdout
 
@@ -44,8 +67,15 @@ def test_local_csp_example(run_example):
 
 
 def test_fireworks_submit_example(run_example, tmp_path):
-    out = run_example("fireworks_submit.py", "NaCl", *SMALL, "--relax", "batched",
-                      "--launch-dir", str(tmp_path / "launches"))
+    out = run_example(
+        "fireworks_submit.py",
+        "NaCl",
+        *SMALL,
+        "--relax",
+        "batched",
+        "--launch-dir",
+        str(tmp_path / "launches"),
+    )
     assert "submitted 3 fireworks" in out and "COMPLETED" in out
     assert "best" in out and list_runs("NaCl")[0]["relax_mode"] == "batched"
 

@@ -47,8 +47,10 @@ def main() -> None:
             print(f"{sub.name}: no result")
             continue
         best = result.best
-        print(f"{result.formula}: {result.n_unique} unique / {result.n_candidates}, best "
-              f"{best.spacegroup_symbol if best else '-'}, {len(result.failed)} failed")
+        print(
+            f"{result.formula}: {result.n_unique} unique / {result.n_candidates}, best "
+            f"{best.spacegroup_symbol if best else '-'}, {len(result.failed)} failed"
+        )
 
 
 if __name__ == "__main__":

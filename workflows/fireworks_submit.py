@@ -63,8 +63,10 @@ def main() -> None:
     if result is None:
         raise SystemExit("no result in the store")
     best = result.best
-    print(f"{result.formula}: {result.n_unique} unique, {len(result.failed)} failed; best "
-          f"{best.spacegroup_symbol if best else '-'} ({best.candidate_id if best else '-'})")
+    print(
+        f"{result.formula}: {result.n_unique} unique, {len(result.failed)} failed; best "
+        f"{best.spacegroup_symbol if best else '-'} ({best.candidate_id if best else '-'})"
+    )
 
 
 if __name__ == "__main__":

@@ -52,12 +52,16 @@ def main() -> None:
     result = get_result(run_uuid=flow.uuid, store=store)
     if result is None:
         raise SystemExit("the flow produced no result; see the log above")
-    print(f"{result.formula}: {result.n_unique} unique of {result.n_candidates} candidates "
-          f"(run {result.run_uuid})")
+    print(
+        f"{result.formula}: {result.n_unique} unique of {result.n_candidates} candidates "
+        f"(run {result.run_uuid})"
+    )
     print(f"{'rank':>4} {'space group':<12} {'E-Emin meV/at':>14} {'source':<7} candidate")
     for p in result.polymorphs:
-        print(f"{p.rank:>4} {p.spacegroup_symbol:<12} {p.e_above_min_meV:>14.1f} "
-              f"{p.source:<7} {p.candidate_id}")
+        print(
+            f"{p.rank:>4} {p.spacegroup_symbol:<12} {p.e_above_min_meV:>14.1f} "
+            f"{p.source:<7} {p.candidate_id}"
+        )
     for f in result.failed:
         print(f"failed {f.candidate_id} ({f.stage}): {f.reason}")
 
