@@ -506,31 +506,43 @@ class CrystalBatch:
         )
 
 
-def batches(
+def bucketed_batches(
     records: Sequence[CrystalRecord],
     batch_size: int,
-    shuffle: bool,
     seed: int,
     rank: int = 0,
     world_size: int = 1,
-    drop_last: bool = False,
-    energies_required: bool = False,
-) -> Iterator[CrystalBatch]:
-    """Batches of this rank's shard. Shards are disjoint and equal-sized (as DDP needs the same
-    number of steps on every rank), so up to ``world_size - 1`` records are left out per epoch;
-    with ``shuffle`` they change with ``seed`` (pass seed + epoch)."""
+    max_atoms_per_batch: int | None = None,
+) -> Iterator[list[int]]:
+    """Shuffled batches of similar-sized crystals (little padding), sharded over ranks.
+
+    Indices are shuffled, cut into chunks of 50 batches, sorted by atom count inside each chunk,
+    then batches are shuffled again; every rank gets the same number of batches (as DDP needs),
+    so up to ``world_size - 1`` batches are left out per epoch. Pass seed + epoch to reshuffle.
+    ``max_atoms_per_batch`` splits batches of large crystals so B * Nmax^2 stays bounded.
+    """
     if batch_size < 1:
         raise DAOInputError(f"batch_size must be at least 1, got {batch_size}")
     if not 0 <= rank < world_size:
         raise DAOInputError(f"rank {rank} is outside 0..{world_size - 1}")
-    n = len(records)
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-    per_rank = n // world_size
-    shard = order[rank * per_rank : (rank + 1) * per_rank]
-    stop = per_rank - per_rank % batch_size if drop_last else per_rank
-    for start in range(0, stop, batch_size):
-        idx = shard[start : start + batch_size]
-        yield CrystalBatch.from_records([records[i] for i in idx], energies_required)
+    rng = np.random.default_rng(seed)
+    sizes = np.array([len(r.atomic_numbers) for r in records])
+    order = rng.permutation(len(records))
+    chunk = 50 * batch_size
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(sizes[part], kind="stable")]
+        for b in range(0, len(part), batch_size):
+            idx = part[b : b + batch_size]
+            if max_atoms_per_batch:  # keep B * Nmax^2 bounded for large crystals
+                cap = max(1, max_atoms_per_batch // int(sizes[idx].max()) ** 2)
+                batches.extend(idx[i : i + cap] for i in range(0, len(idx), cap))
+            else:
+                batches.append(idx)
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    per_rank = len(batches) // world_size
+    yield from (b.tolist() for b in batches[rank * per_rank : (rank + 1) * per_rank])
 
 
 # --- splits -------------------------------------------------------------------------------------

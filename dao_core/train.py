@@ -13,7 +13,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -24,7 +24,14 @@ from torch import nn
 
 from dao_core.checkpoint import load_model, save_model
 from dao_core.dao import DAOModel, EnergyLabel
-from dao_core.data import CrystalBatch, CrystalRecord, load_split, save_split, split_records
+from dao_core.data import (
+    CrystalBatch,
+    CrystalRecord,
+    bucketed_batches,
+    load_split,
+    save_split,
+    split_records,
+)
 from dao_core.diffusion import SamplerSettings
 from dao_core.model import CrysformerConfig
 
@@ -70,39 +77,6 @@ class _Loss(nn.Module):
         return self.model.loss(
             batch.atom_types, batch.frac, batch.lattice, batch.mask, batch.energy
         )
-
-
-def bucketed_batches(
-    records: Sequence[CrystalRecord],
-    batch_size: int,
-    seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-    max_atoms_per_batch: int | None = None,
-) -> Iterator[list[int]]:
-    """Shuffled batches of similar-sized crystals (little padding), sharded over ranks.
-
-    Indices are shuffled, cut into chunks of 50 batches, sorted by atom count inside each chunk,
-    then batches are shuffled again; every rank gets the same number of batches.
-    """
-    rng = np.random.default_rng(seed)
-    sizes = np.array([len(r.atomic_numbers) for r in records])
-    order = rng.permutation(len(records))
-    chunk = 50 * batch_size
-    batches: list[np.ndarray] = []
-    for start in range(0, len(order), chunk):
-        part = order[start : start + chunk]
-        part = part[np.argsort(sizes[part], kind="stable")]
-        for b in range(0, len(part), batch_size):
-            idx = part[b : b + batch_size]
-            if max_atoms_per_batch:  # keep B * Nmax^2 bounded for large crystals
-                cap = max(1, max_atoms_per_batch // int(sizes[idx].max()) ** 2)
-                batches.extend(idx[i : i + cap] for i in range(0, len(idx), cap))
-            else:
-                batches.append(idx)
-    batches = [batches[i] for i in rng.permutation(len(batches))]
-    per_rank = len(batches) // world_size
-    yield from (b.tolist() for b in batches[rank * per_rank : (rank + 1) * per_rank])
 
 
 def progress(step: int, elapsed: float, cfg: TrainConfig) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from pymatgen.core import Lattice, Structure
 from dao_core.data import (
     CrystalBatch,
     CrystalRecord,
-    batches,
+    bucketed_batches,
     canonicalize,
     load_csv,
     load_many,
@@ -146,36 +147,42 @@ def test_batch_energies_and_compositions() -> None:
     assert torch.equal(comp.lattice[1], torch.eye(3)) and (comp.frac == 0).all()
 
 
-def _records(n: int) -> list[CrystalRecord]:
-    rec = record_from_structure(Structure(Lattice.cubic(3.0), ["Fe"], [[0, 0, 0]]))
-    return [
-        CrystalRecord(rec.atomic_numbers, rec.frac, rec.lattice, float(i), str(i)) for i in range(n)
-    ]
+def _sized_records(sizes: Sequence[int]) -> list[CrystalRecord]:
+    """Fe_n records of the given atom counts (geometry is irrelevant to batching)."""
+    out = []
+    for i, n in enumerate(sizes):
+        frac = np.random.default_rng(i).random((n, 3))
+        out.append(CrystalRecord(np.full(n, 26), frac, 3.0 * np.eye(3) * n, float(i), str(i)))
+    return out
 
 
-@pytest.mark.parametrize(("n", "drop_last"), [(23, False), (23, True), (40, False)])
-def test_batches_shard_disjointly_over_ranks(n: int, drop_last: bool) -> None:
-    records = _records(n)
-    seen = []
-    counts = []
-    for rank in range(2):
-        ids = [
-            [int(e) for e in b.energy.tolist()]
-            for b in batches(records, 4, True, seed=7, rank=rank, world_size=2, drop_last=drop_last)
-        ]
-        counts.append(len(ids))
-        seen.append({i for b in ids for i in b})
-        if drop_last:
-            assert all(len(b) == 4 for b in ids)
-    assert counts[0] == counts[1]
+@pytest.mark.parametrize("n", [23, 40, 301])
+def test_bucketed_batches_shard_disjointly_and_pad_little(n: int) -> None:
+    sizes = np.random.default_rng(0).integers(1, 25, size=n)
+    records = _sized_records(sizes)
+    shards = [list(bucketed_batches(records, 4, seed=7, rank=r, world_size=2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1])  # DDP: the same number of steps on every rank
+    seen = [{i for b in shard for i in b} for shard in shards]
     assert not seen[0] & seen[1]
-    assert len(seen[0]) == len(seen[1]) == (n // 2 if not drop_last else 8)
-    # deterministic for a seed, different for another
-    first = [b.energy.tolist() for b in batches(records, 4, True, seed=7)]
-    assert first == [b.energy.tolist() for b in batches(records, 4, True, seed=7)]
-    assert first != [b.energy.tolist() for b in batches(records, 4, True, seed=8)]
-    assert sum(len(b) for b in first) == n
-    assert [b.energy.tolist() for b in batches(records, n, False, 0)][0] == list(range(n))
+    assert len(seen[0] | seen[1]) >= n - 4  # at most one batch left out per epoch
+    everything = list(bucketed_batches(records, 4, seed=7))
+    assert sorted(i for b in everything for i in b) == list(range(n))
+    assert everything == list(bucketed_batches(records, 4, seed=7))  # deterministic per seed
+    assert everything != list(bucketed_batches(records, 4, seed=8))
+    if n > 200:  # size bucketing: far less padding than random batches of the same size
+        padding = sum(len(b) * sizes[b].max() - sizes[b].sum() for b in everything)
+        order = np.random.default_rng(1).permutation(n)
+        random = [order[i : i + 4] for i in range(0, n, 4)]
+        assert padding < 0.25 * sum(len(b) * sizes[b].max() - sizes[b].sum() for b in random)
+
+
+def test_bucketed_batches_cap_large_crystals() -> None:
+    records = _sized_records([20] * 8 + [2] * 8)
+    for batch in bucketed_batches(records, 8, seed=0, max_atoms_per_batch=800):
+        n_max = max(len(records[i].atomic_numbers) for i in batch)
+        assert len(batch) * n_max**2 <= 800 or len(batch) == 1
+    with pytest.raises(DAOInputError, match="rank 2"):
+        list(bucketed_batches(records, 8, seed=0, rank=2, world_size=2))
 
 
 # --- splits -------------------------------------------------------------------------------------
