@@ -20,6 +20,9 @@ from dao_flows.schemas import CandidateDoc, GenerationDoc, package_versions
 logger = logging.getLogger(__name__)
 
 MIN_DISTANCE = 0.5  # Å; DAO's structural validity threshold (method doc, section 7)
+# An atom with no neighbour this close is outside CHGNet's atom graph (cutoff 6 Å): its energy
+# is the free-atom term and the candidate's ranking meaningless.
+ISOLATION_CUTOFF = 6.0  # Å
 
 
 def default_generator() -> str:
@@ -75,7 +78,8 @@ def validate_request(
 
 
 def check_structure(structure: Structure | None) -> tuple[str | None, float | None, float | None]:
-    """(issue or None, min distance Å, volume per atom Å^3) for a raw candidate."""
+    """(issue or None, min distance Å, volume per atom Å^3): non-finite, collapsed or exploded
+    cells, overlapping or isolated atoms. Screens raw candidates and relaxed results alike."""
     if structure is None:
         return "no structure was produced", None, None
     lattice = np.asarray(structure.lattice.matrix)
@@ -97,6 +101,14 @@ def check_structure(structure: Structure | None) -> tuple[str | None, float | No
     dmin = min(dmin, float(min(structure.lattice.abc)))
     if dmin < MIN_DISTANCE:
         return f"overlapping atoms (min distance {dmin:.3f} Å < {MIN_DISTANCE} Å)", dmin, vpa
+    centers = structure.get_neighbor_list(ISOLATION_CUTOFF)[0]
+    isolated = len(structure) - len(np.unique(centers))
+    if isolated:
+        return (
+            f"isolated atoms ({isolated} without a neighbour within {ISOLATION_CUTOFF} Å)",
+            dmin,
+            vpa,
+        )
     return None, dmin, vpa
 
 

@@ -22,7 +22,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from dao_flows.generation import MIN_DISTANCE
+from dao_flows.generation import check_structure
 from dao_flows.schemas import (
     BatchedRelaxDoc,
     CandidateDoc,
@@ -118,19 +118,11 @@ def outcome_from_batched(
 
 
 def sanity_issue(structure: Structure, energy_per_atom: float) -> str | None:
-    """Reason to distrust a relaxed structure, or None."""
+    """Reason to distrust a relaxed result, or None."""
     if not math.isfinite(energy_per_atom):
         return f"non-finite relaxed energy ({energy_per_atom})"
-    lattice, frac = structure.lattice.matrix, structure.frac_coords
-    finite = np.isfinite(lattice).all() and np.isfinite(frac).all()
-    if not finite:
-        return "non-finite relaxed structure"
-    if len(structure) > 1:
-        dm = structure.distance_matrix
-        dmin = float(dm[np.triu_indices(len(structure), k=1)].min())
-        if dmin < MIN_DISTANCE:
-            return f"relaxed structure has overlapping atoms (min distance {dmin:.3f} Å)"
-    return None
+    issue = check_structure(structure)[0]
+    return None if issue is None else f"relaxed structure: {issue}"
 
 
 def spacegroup(structure: Structure, symprec: float) -> tuple[str, int]:

@@ -19,7 +19,7 @@ from dao_core.errors import DAOInputError
 from dao_flows.flows import dao_csp_batch_flow, dao_csp_flow
 from dao_flows.generation import DAOGenerationMaker, check_structure
 from dao_flows.queries import export_structures, get_result, list_runs
-from dao_flows.ranking import RankingMaker
+from dao_flows.ranking import RankingMaker, sanity_issue
 from dao_flows.relax import (
     BatchedRelaxMaker,
     batched_fire_relax,
@@ -110,6 +110,12 @@ def test_check_structure_flags_overlap_nan_and_collapse():
     collapsed = Structure(Lattice.cubic(1.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     assert "collapsed" in check_structure(collapsed)[0]
     assert check_structure(None)[0] == "no structure was produced"
+    # 6.9 Å apart in an 8 Å cube: each atom is alone within CHGNet's 6 Å graph cutoff.
+    isolated = Structure(Lattice.cubic(8.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert check_structure(isolated)[0] == "isolated atoms (2 without a neighbour within 6.0 Å)"
+    assert sanity_issue(isolated, -3.0) == f"relaxed structure: {check_structure(isolated)[0]}"
+    assert sanity_issue(ok, float("nan")) == "non-finite relaxed energy (nan)"
+    assert sanity_issue(ok, -3.6) is None
 
 
 # --------------------------------------------------------------------------- makers
