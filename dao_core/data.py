@@ -421,11 +421,13 @@ class CrystalBatch:
         return self.batch_size
 
     def to_structures(self) -> list[Structure]:
-        """One Structure per crystal, padding dropped (values are kept even if non-finite)."""
+        """One right-handed Structure per crystal, padding dropped (values are kept even if
+        non-finite)."""
         types = self.atom_types.detach().cpu().numpy()
         frac = self.frac.detach().float().cpu().numpy().astype(np.float64)
         lattice = self.lattice.detach().float().cpu().numpy().astype(np.float64)
         mask = self.mask.detach().cpu().numpy()
+        lattice, frac = right_handed(lattice, frac)
         out = []
         for b in range(len(types)):  # per crystal, not per atom
             m = mask[b]
@@ -543,6 +545,32 @@ def bucketed_batches(
     batches = [batches[i] for i in rng.permutation(len(batches))]
     per_rank = len(batches) // world_size
     yield from (b.tolist() for b in batches[rank * per_rank : (rank + 1) * per_rank])
+
+
+def right_handed(lattice: np.ndarray, frac: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same crystals with right-handed lattices (det > 0), for (..., 3, 3) lattices and
+    (..., N, 3) fractional coordinates.
+
+    DAO-G is reflection-invariant, so about half its cells come out left-handed. That is the same
+    crystal, but CHGNet divides its stress by the *signed* volume, so a left-handed cell relaxes
+    the wrong way and collapses. Negating all three vectors and the fractional coordinates keeps
+    every Cartesian position and makes the determinant positive.
+    """
+    flip = np.linalg.det(lattice) < 0
+    sign = np.where(flip, -1.0, 1.0)[..., None, None]
+    frac = np.where(sign > 0, frac, np.remainder(-frac, 1.0))
+    return lattice * sign, frac
+
+
+def right_handed_structure(structure: Structure) -> Structure:
+    """``structure`` itself if its lattice is right-handed, else the same crystal re-expressed
+    in a right-handed cell (see :func:`right_handed`)."""
+    if np.linalg.det(structure.lattice.matrix) >= 0:
+        return structure
+    lattice, frac = right_handed(structure.lattice.matrix, structure.frac_coords)
+    return Structure(
+        Lattice(lattice), structure.species, frac, site_properties=structure.site_properties
+    )
 
 
 # --- splits -------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ convergence test (max row norm of the generalised forces < fmax). The expensive 
 potential's energies/forces/stresses, is evaluated for all unconverged structures in one
 batched CHGNet call, on the GPU when there is one.
 
-Depends on torch, numpy, pymatgen and chgnet only (no jobflow/atomate2), so it can run anywhere
-CHGNet runs.
+Depends on torch, numpy, pymatgen, chgnet and dao_core only (no jobflow/atomate2), so it can run
+anywhere CHGNet runs.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from pymatgen.core import Lattice, Structure
+
+from dao_core.data import right_handed_structure
 
 EV_PER_A3_PER_GPA = 1.0 / 160.21766208  # ase.units.GPa: CHGNet stresses come in GPa
 
@@ -142,6 +144,8 @@ def batched_fire_relax(
     Returns the per-structure results and run statistics (model calls, wall time, device).
     """
     p = {**FIRE_DEFAULTS, **(fire or {})}
+    # CHGNet's stress changes sign with the cell's handedness: relax right-handed cells only.
+    structures = [right_handed_structure(s) for s in structures]
     model = model if model is not None else load_chgnet(device)
     model_device = str(next(model.parameters()).device)
     started = time.perf_counter()

@@ -22,6 +22,7 @@ from atomate2.forcefields.jobs import ForceFieldRelaxMaker, forcefield_job
 from jobflow import Maker, job
 from pymatgen.core import Structure
 
+from dao_core.data import right_handed_structure
 from dao_flows.batched_fire import (  # noqa: F401 - re-exported
     EV_PER_A3_PER_GPA,
     FIRE_DEFAULTS,
@@ -40,7 +41,9 @@ class CandidateRelaxMaker(ForceFieldRelaxMaker):
 
     The CSP flow wires one relaxation per candidate slot before generation has run; a slot whose
     candidate was rejected (exploded cell, overlapping atoms, ...) arrives as ``None`` and
-    yields no output instead of a crash. Anything else is atomate2's relaxation, unchanged.
+    yields no output instead of a crash. Left-handed cells are re-expressed right-handed first
+    (CHGNet's stress changes sign with the cell's handedness). Anything else is atomate2's
+    relaxation, unchanged.
     """
 
     name: str = "CHGNet relax"
@@ -49,6 +52,7 @@ class CandidateRelaxMaker(ForceFieldRelaxMaker):
     def make(self, structure: Structure | None, prev_dir: str | None = None):  # type: ignore[override]
         if structure is None:
             return None
+        structure = right_handed_structure(structure)
         return ForceFieldRelaxMaker.make.original(self, structure, prev_dir=prev_dir)
 
 

@@ -23,6 +23,7 @@ from dao_core.data import (
     load_split,
     parse_composition,
     record_from_structure,
+    right_handed_structure,
     save_split,
     split_records,
 )
@@ -130,6 +131,28 @@ def test_batch_padding_mask_and_round_trip() -> None:
         assert [sp.Z for sp in got.species] == [sp.Z for sp in want.species]
         np.testing.assert_allclose(got.lattice.matrix, want.lattice.matrix, atol=1e-5)
         np.testing.assert_allclose(got.frac_coords, want.frac_coords % 1.0, atol=1e-6)
+
+
+def test_left_handed_cells_are_re_expressed_right_handed() -> None:
+    """Same Cartesian sites, positive determinant: via the helper and out of every batch."""
+    right = Structure(
+        Lattice([[4.0, 0.2, 0.1], [0.3, 5.0, 0.0], [0.1, 0.4, 6.0]]),
+        ["Sr", "Ti", "O"],
+        [[0.1, 0.2, 0.3], [0.6, 0.55, 0.5], [0.9, 0.05, 0.45]],
+    )
+    left = Structure(
+        -right.lattice.matrix, right.species, right.cart_coords, coords_are_cartesian=True
+    )
+    assert np.linalg.det(left.lattice.matrix) < 0
+    assert right_handed_structure(right) is right
+    for fixed in (
+        right_handed_structure(left),
+        CrystalBatch.from_structures([left]).to_structures()[0],
+    ):
+        assert np.linalg.det(fixed.lattice.matrix) > 0
+        frac_of_original = fixed.lattice.get_fractional_coords(left.cart_coords)
+        for a, b in zip(fixed.frac_coords, frac_of_original, strict=True):
+            assert fixed.lattice.get_distance_and_image(a, b)[0] < 1e-4  # the same site
 
 
 def test_batch_energies_and_compositions() -> None:

@@ -160,11 +160,16 @@ def test_batched_fire_matches_atomate2_relaxation(chgnet, dao_env):
     )
     maker = default_relax_maker(fmax=0.05, steps=200)
     doc = maker.make.original(maker, start)
+    # The same crystal in a left-handed cell: CHGNet's stress flips sign with handedness, which
+    # made such cells collapse before batched FIRE re-expressed them right-handed.
+    mirror = Structure(
+        -start.lattice.matrix, start.species, start.cart_coords, coords_are_cartesian=True
+    )
     results, stats = batched_fire_relax(
-        [start, nan_structure(), start.copy()], chgnet, fmax=0.05, steps=200
+        [start, nan_structure(), start.copy(), mirror], chgnet, fmax=0.05, steps=200
     )
     ref = doc.output.energy / len(start)
-    for r in (results[0], results[2]):  # the NaN structure between them changes nothing
+    for r in (results[0], results[2], results[3]):  # the NaN structure changes nothing
         assert r.converged and r.error is None
         assert abs(r.energy_per_atom - ref) * 1000 < 1.0  # meV/atom
         assert abs(r.structure.volume - doc.structure.volume) / doc.structure.volume < 1e-3
