@@ -76,31 +76,9 @@ def test_embedded_launchpad_rapidfire_survives_a_fizzled_relaxation(dao_env, tmp
 def test_dao_submit_then_rlaunch_executables(dao_env, tmp_path):
     env = {**os.environ, **dao_env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     submit = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dao_flows.cli",
-            "submit",
-            "NaCl",
-            "--relax",
-            "batched",
-            "--n",
-            "1",
-            "--n-random",
-            "2",
-            "--steps",
-            "20",
-            "--formula-units",
-            "2",
-            "--seed",
-            "3",
-            "--relax-steps",
-            "20",
-            "--fmax",
-            "0.1",
-            "--device",
-            "cpu",
-        ],
+        [sys.executable, "-m", "dao_flows.cli"]
+        + "submit NaCl --relax batched --n 1 --n-random 2 --steps 20 --formula-units 2 --seed 3 "
+        "--relax-steps 20 --fmax 0.1 --device cpu".split(),
         env=env,
         cwd=tmp_path,
         capture_output=True,

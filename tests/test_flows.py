@@ -400,28 +400,9 @@ def test_cli_csp_query_export(dao_env, tmp_path):
     out = tmp_path / "csp_out"
     res = runner.invoke(
         app,
-        [
-            "csp",
-            "NaCl",
-            "--n",
-            "1",
-            "--n-random",
-            "2",
-            "--steps",
-            "10",
-            "--formula-units",
-            "2",
-            "--seed",
-            "5",
-            "--relax-steps",
-            "20",
-            "--fmax",
-            "0.1",
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-        ],
+        "csp NaCl --n 1 --n-random 2 --steps 10 --formula-units 2 --seed 5 --relax-steps 20 "
+        "--fmax 0.1 --device cpu".split()
+        + ["--out", str(out)],
     )
     assert res.exit_code == 0, res.output
     assert "unique / 3 candidates" in res.output and "meV/atom" in res.output

@@ -13,22 +13,9 @@ from dao_flows.queries import list_runs
 from dao_flows.testing import isolate_environment
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = [
-    "--n",
-    "1",
-    "--n-random",
-    "2",
-    "--steps",
-    "10",
-    "--formula-units",
-    "2",
-    "--seed",
-    "4",
-    "--relax-steps",
-    "15",
-    "--fmax",
-    "0.1",
-]
+SMALL = (
+    "--n 1 --n-random 2 --steps 10 --formula-units 2 --seed 4 --relax-steps 15 --fmax 0.1".split()
+)
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,19 @@ def _datasets(spec: str) -> list[tuple[Path, str | None]]:
     return out
 
 
+# Sampler settings saved with a model (`dao train`) or overriding its own (`dao benchmark`).
+StepLr = Annotated[float | None, typer.Option(help="sampler corrector step (default: the model's)")]
+Temperature = Annotated[
+    float | None, typer.Option(help="sampler noise multiplier (default: the model's)")
+]
+
+
+def _sampler_overrides(step_lr: float | None, temperature: float | None) -> dict[str, float]:
+    """The SamplerSettings fields given on the command line."""
+    given = {"step_lr": step_lr, "temperature": temperature}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 @app.command()
 @input_errors_exit
 def train(
@@ -57,12 +70,8 @@ def train(
     ] = None,
     eval_every: int = 500,
     save_every: int = 1000,
-    step_lr: Annotated[
-        float | None, typer.Option(help="sampler corrector step to save with the model")
-    ] = None,
-    temperature: Annotated[
-        float | None, typer.Option(help="sampler temperature to save with the model")
-    ] = None,
+    step_lr: StepLr = None,
+    temperature: Temperature = None,
 ) -> None:
     """Train DAO-G (Stage I/II, fine-tuning) or DAO-P; resumes if OUT holds a run."""
 
@@ -80,8 +89,7 @@ def train(
         energy_loss=energy_loss, time_limit=time_limit, time_budget=time_budget,
         eval_every=eval_every,
         save_every=save_every,
-        sampling={k: v for k, v in (("step_lr", step_lr), ("temperature", temperature))
-                  if v is not None},
+        sampling=_sampler_overrides(step_lr, temperature),
         record={"data": [f"{p}:{label or ''}" for p, label in specs],
                 "split": str(split_path)},
     )  # fmt: skip
@@ -183,12 +191,8 @@ def benchmark(
     guidance: Annotated[str | None, typer.Option(help="DAO-P for energy guidance")] = None,
     scale: float = 0.0,
     steps: int = 1000,
-    step_lr: Annotated[
-        float | None, typer.Option(help="Langevin corrector step (default: the model's own)")
-    ] = None,
-    temperature: Annotated[
-        float | None, typer.Option(help="sampler noise multiplier (default: the model's own)")
-    ] = None,
+    step_lr: StepLr = None,
+    temperature: Temperature = None,
     split: Annotated[
         Path | None, typer.Option(help="evaluate only the 'val' ids of this split JSON")
     ] = None,
@@ -208,8 +212,7 @@ def benchmark(
 
     generator = load_model(model, device=device)
     guide = load_model(guidance, device=device) if guidance and scale > 0 else None
-    overrides = {"step_lr": step_lr, "temperature": temperature}
-    sampling = replace(generator.sampling, **{k: v for k, v in overrides.items() if v is not None})
+    sampling = replace(generator.sampling, **_sampler_overrides(step_lr, temperature))
     records = load_csv(data)
     if split is not None:
         keep = set(load_split(split)["val"])
@@ -243,17 +246,17 @@ def benchmark(
 def models() -> None:
     """List the bundled models with their training data and hashes."""
     from dao_core.checkpoint import bundled_models, read_config
+    from dao_core.diffusion import SamplerSettings
 
     table = Table("name", "kind", "preset (H x layers)", "sampler (step_lr, T)", "sha256",
                   "trained on")  # fmt: skip
     for name in bundled_models():
         cfg = read_config(name)
         arch = cfg["crysformer"]
-        sampler = cfg.get("sampling", {})
+        sampler = SamplerSettings(**cfg.get("sampling", {}))
         table.add_row(
             name, cfg["kind"], f"{arch['hidden']} x {arch['layers']}",
-            f"{sampler.get('step_lr', 1e-5):g}, {sampler.get('temperature', 1.0):g}"
-            if cfg["kind"] == "dao-g" else "-",
+            f"{sampler.step_lr:g}, {sampler.temperature:g}" if cfg["kind"] == "dao-g" else "-",
             cfg["sha256"][:12],
             ", ".join(Path(d).parent.name for d in cfg["record"].get("data", [])),
         )  # fmt: skip
