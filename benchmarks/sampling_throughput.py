@@ -1,82 +1,144 @@
-"""Forward and sampling throughput of Crysformer presets, batch sizes swept.
+"""DAO-G sampling throughput: the materialised attention with a Python step loop (before) against
+the factorised attention with a CUDA-graph step loop (now), presets and batch sizes swept.
 
-    python benchmarks/sampling_throughput.py --device cuda --presets paper,base \
-        --batch-sizes 64,256,1024,4096 --atoms 5 --steps 100
+    python benchmarks/sampling_throughput.py --device cuda --presets base,paper \
+        --batch-sizes 256,1024,4096 --atoms 5,20 --steps 50
+    python benchmarks/sampling_throughput.py --device cpu --presets base --batch-sizes 20 \
+        --atoms 9 --steps 10 --threads 1
 
-Prints a table: preset, atoms per crystal, batch size, forward structures/s, and
-predictor-corrector sampling structures/s (``--steps`` steps, two network calls each; the
-1000-step figure is the measured rate scaled by steps/1000). Random weights: speed does not
-depend on training.
+Prints one table: implementation, preset, atoms, batch, network evaluations per structure for a
+1000-step run, 1000-step structures/s (measured over ``--steps`` strided steps, which cost the
+same per step, and scaled), forward structures/s, peak GPU memory, and the agreement of the
+implementations' outputs. Random weights: speed does not depend on training. ``--json`` also
+writes the rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from dao_core.dao import DAOModel
-from dao_core.model import CrysformerConfig
+from dao_core.diffusion import SamplerSettings, sample
+from dao_core.model import CrysformerConfig, CrysformerOutput
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from materialised import materialised_forward  # noqa: E402 (the test reference)
+
+IMPLEMENTATIONS = {
+    # name: (factorised attention, CUDA graph)
+    "materialised + eager loop (before)": (False, False),
+    "factorised + eager loop": (True, False),
+    "factorised + CUDA graph (now)": (True, True),
+}
 
 
-def timed(fn, device: torch.device, repeat: int) -> float:  # type: ignore[no-untyped-def]
-    fn()  # warm-up (allocator, kernels)
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
+    fn()  # warm-up: allocator, kernels, cuBLAS handles
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeat):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return (time.perf_counter() - start) / repeat
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--presets", default="paper,base")
-    parser.add_argument("--batch-sizes", default="16,64,256")
-    parser.add_argument("--atoms", type=int, default=5)
+    parser.add_argument("--presets", default="base,paper")
+    parser.add_argument("--batch-sizes", default="256,1024")
+    parser.add_argument("--atoms", default="5,20")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", action="store_true", help="add a DAO-P of the same preset")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument("--skip-before", action="store_true", help="only the new implementation")
+    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = torch.device(args.device)
-    table = Table(
-        "preset", "params (M)", "atoms", "batch", "forward struct/s", "sampling struct/s",
-        "1000-step struct/s", "guidance", "device",
-    )  # fmt: skip
+    if args.threads:
+        torch.set_num_threads(args.threads)
     amp = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
+    rows = []
     for preset in args.presets.split(","):
-        cfg = CrysformerConfig.preset(preset)
-        model = DAOModel("dao-g", cfg).to(device).eval()
-        guide = DAOModel("dao-p", cfg).to(device).eval() if args.guidance else None
+        torch.manual_seed(0)
+        model = DAOModel("dao-g", CrysformerConfig.preset(preset)).to(device).eval()
         params = sum(p.numel() for p in model.net.parameters()) / 1e6
-        for b in map(int, args.batch_sizes.split(",")):
-            n = args.atoms
-            types = torch.randint(1, 90, (b, n), device=device)
-            mask = torch.ones(b, n, dtype=torch.bool, device=device)
-            frac = torch.rand(b, n, 3, device=device)
-            lattice = 5 * torch.eye(3, device=device).expand(b, 3, 3)
-            t = torch.full((b,), 500, device=device)
+        for n in map(int, args.atoms.split(",")):
+            for b in map(int, args.batch_sizes.split(",")):
+                types = torch.randint(1, 90, (b, n), device=device)
+                mask = torch.ones(b, n, dtype=torch.bool, device=device)
+                frac = torch.rand(b, n, 3, device=device)
+                lattice = 5 * torch.eye(3, device=device) + torch.rand(b, 3, 3, device=device)
+                t = torch.full((b,), 500, device=device)
+                reference = None
+                for name, (factorised, graph) in IMPLEMENTATIONS.items():
+                    if args.skip_before and not graph:
+                        continue
+                    if graph and device.type != "cuda":
+                        continue
 
-            def forward() -> None:
-                with torch.no_grad(), amp:
-                    model.net(types, frac, lattice, mask, t)  # noqa: B023
+                    def net(f, lat, tt, factorised=factorised):  # type: ignore[no-untyped-def]
+                        with amp:
+                            if factorised:
+                                out = model.net(types, f, lat, mask, tt)  # noqa: B023
+                            else:
+                                out = materialised_forward(model.net, types, f, lat, mask, tt)  # noqa: B023
+                        return CrysformerOutput(*(x.float() for x in out))
 
-            def sampling() -> None:
-                model.sample(types, mask, args.steps, guide, 20.0 if guide else 0.0)  # noqa: B023
-
-            fwd = timed(forward, device, 10)
-            smp = timed(sampling, device, 1)
-            table.add_row(
-                preset, f"{params:.1f}", str(n), str(b), f"{b / fwd:,.0f}",
-                f"{b / smp:,.0f}", f"{b / smp * args.steps / 1000:,.1f}",
-                "yes" if guide else "no", str(device),
-            )  # fmt: skip
-    Console().print(table)
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats()
+                    with torch.no_grad():
+                        forward_s = timed(lambda: net(frac, lattice, t), device, 5)  # noqa: B023
+                        out = net(frac, lattice, t).coord
+                        sample_s = timed(
+                            lambda graph=graph: sample(
+                                net, model.schedule, mask, args.steps,  # noqa: B023
+                                SamplerSettings(), graph=graph,
+                            ),
+                            device, 1,
+                        )  # fmt: skip
+                    if reference is None:
+                        reference = out
+                    agreement = float((out - reference).norm() / reference.norm())
+                    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0
+                    rows.append(
+                        dict(
+                            implementation=name, preset=preset, params_m=round(params, 1),
+                            atoms=n, batch=b, evals_per_structure=2000,
+                            structures_per_s_1000_steps=b / sample_s * args.steps / 1000,
+                            forward_structures_per_s=b / forward_s, peak_gib=peak,
+                            rel_diff_vs_before=agreement, device=torch.cuda.get_device_name()
+                            if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
+                        )
+                    )  # fmt: skip
+                    print(json.dumps(rows[-1]), flush=True)
+    table = Table(
+        "implementation", "preset", "atoms", "batch", "evals/struct", "1000-step struct/s",
+        "forward struct/s", "peak GiB", "rel. diff", "device",
+    )  # fmt: skip
+    for r in rows:
+        table.add_row(
+            r["implementation"], r["preset"], str(r["atoms"]), str(r["batch"]),
+            str(r["evals_per_structure"]), f"{r['structures_per_s_1000_steps']:,.1f}",
+            f"{r['forward_structures_per_s']:,.0f}", f"{r['peak_gib']:.2f}",
+            f"{r['rel_diff_vs_before']:.1e}", r["device"],
+        )  # fmt: skip
+    Console(width=200).print(table)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def run_benchmark(
         sampling_s=round(sampling_s, 3),
         structures_per_s=round(len(compositions) / sampling_s, 2),
         matching_s=round(time.perf_counter() - started, 3),
-        steps=steps or model.schedule.steps,
+        steps=steps or (sampling or model.sampling).steps,
         scale=scale if guidance is not None else 0.0,
         sampling=asdict(sampling or model.sampling),
         device=str(model.device),

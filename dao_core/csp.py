@@ -76,7 +76,7 @@ def generate(
     model: str | DAOModel = DEFAULT_GENERATOR,
     guidance: str | DAOModel | None = DEFAULT_GUIDANCE,
     scale: float = DEFAULT_SCALE,
-    steps: int = 1000,
+    steps: int | None = None,
     formula_units: int | None = None,
     seed: int | None = None,
     device: str | None = None,
@@ -84,10 +84,10 @@ def generate(
     sampling: SamplerSettings | None = None,
 ) -> GenerationResult:
     """``n`` candidate structures for ``formula`` (× ``formula_units``); ``sampling=None``
-    uses the generator's own sampler settings."""
+    uses the generator's own sampler settings, ``steps=None`` their number of steps."""
     if n < 1:
         raise DAOInputError(f"number of candidates must be at least 1, got {n}")
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise DAOInputError(f"number of sampling steps must be at least 1, got {steps}")
     atoms = parse_composition(formula, formula_units)
     dev = default_device(device)
@@ -112,10 +112,11 @@ def generate(
         "generator": model_info(generator_model),
         "guidance": model_info(guide),
         "scale": scale if guide is not None else 0.0,
-        "steps": steps,
+        "steps": steps or (sampling or generator_model.sampling).steps,
         "sampling": asdict(sampling or generator_model.sampling),
         "seed": seed,
         "device": str(dev),
+        "cpu_threads": torch.get_num_threads(),
         "wall_time_s": round(time.perf_counter() - started, 3),
         "dao_version": dao_core.__version__,
     }

@@ -185,10 +185,13 @@ class DAOModel(nn.Module):
         scale: float = 0.0,
         generator: torch.Generator | None = None,
         sampling: SamplerSettings | None = None,
+        graph: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fractional coordinates (B, N, 3) and lattices (B, 3, 3) for padded compositions.
 
-        ``sampling=None`` uses the model's own sampler settings (``self.sampling``).
+        ``sampling=None`` uses the model's own sampler settings (``self.sampling``), and
+        ``steps=None`` their number of steps. ``graph`` (default: on CUDA) replays the sampling
+        step as a CUDA graph.
         """
 
         # bf16 on GPU: the sampler's arithmetic stays in float32, only the networks run in bf16.
@@ -211,7 +214,9 @@ class DAOModel(nn.Module):
                     return guidance.energy(atom_types, frac, lattice, mask, t).float()
 
         settings = sampling or self.sampling
-        return sample(score_fn, self.schedule, mask, steps, settings, energy_fn, scale, generator)
+        return sample(
+            score_fn, self.schedule, mask, steps, settings, energy_fn, scale, generator, graph
+        )
 
     def _require_energy(self) -> None:
         if self.kind != "dao-p":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ class SamplerSettings:
 
     step_lr: float = 1e-5  # Langevin corrector step (method doc; DiffCSP's MP-20 value)
     temperature: float = 1.0  # noise std multiplier: 1 = learned distribution, < 1 = mode-seeking
+    steps: int = 1000  # predictor-corrector steps (a strided schedule below the trained T)
 
 
 def cosine_betas(steps: int, s: float = 0.008) -> torch.Tensor:
@@ -53,11 +55,13 @@ def wrapped_normal_score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return -(weights * z).sum(-1) / sigma**2
 
 
-def expected_squared_score(sigma: torch.Tensor, points: int = 4001) -> torch.Tensor:
+def expected_squared_score(sigma: torch.Tensor, points: int = 201) -> torch.Tensor:
     """lambda(sigma) = E[score^2] under the wrapped normal, by trapezoid quadrature.
 
     The grid spans +-min(0.5, 10 sigma) around 0, where all the mass is, so small sigmas are as
-    accurate as large ones.
+    accurate as large ones. The integrand is smooth and vanishes (or is periodic) at the grid's
+    ends, so the trapezoid rule converges exponentially: 201 points agree with 4001 to 1e-15
+    (and load a model in 0.1 s instead of 5 s).
     """
     sigma = sigma.double()
     half = torch.clamp(10 * sigma, max=0.5)[:, None]
@@ -69,36 +73,24 @@ def expected_squared_score(sigma: torch.Tensor, points: int = 4001) -> torch.Ten
 
 
 class DiffusionSchedule(nn.Module):
-    """All per-step constants, stored as buffers so they follow the model's device."""
+    """All per-step constants: float32 buffers that follow the model's device (training), and
+    the float64 originals (``exact``) from which the sampler derives its step constants."""
 
     def __init__(
         self, steps: int = 1000, sigma_begin: float = 0.005, sigma_end: float = 0.5
     ) -> None:
         super().__init__()
         self.steps = steps
-        betas = torch.cat([torch.zeros(1, dtype=torch.float64), cosine_betas(steps)])
-        alphas = 1 - betas
-        alphas_cumprod = torch.cumprod(alphas, 0)
-        posterior_var = torch.zeros_like(betas)
-        posterior_var[1:] = betas[1:] * (1 - alphas_cumprod[:-1]) / (1 - alphas_cumprod[1:])
-        sigmas = torch.cat(
-            [
-                torch.zeros(1, dtype=torch.float64),
-                torch.exp(torch.linspace(math.log(sigma_begin), math.log(sigma_end), steps)),
-            ]
-        )
-        lambdas = torch.cat(
-            [torch.ones(1, dtype=torch.float64), expected_squared_score(sigmas[1:])]
-        )
         self.sigma_begin = sigma_begin
-        for name, value in dict(
-            betas=betas,
-            alphas=alphas,
-            alphas_cumprod=alphas_cumprod,
-            posterior_var=posterior_var,
-            sigmas=sigmas,
-            lambdas=lambdas,
-        ).items():
+        zero = torch.zeros(1, dtype=torch.float64)
+        alphas_cumprod = torch.cumprod(1 - torch.cat([zero, cosine_betas(steps)]), 0)
+        log_sigmas = torch.linspace(
+            math.log(sigma_begin), math.log(sigma_end), steps, dtype=torch.float64
+        )
+        sigmas = torch.cat([zero, log_sigmas.exp()])
+        lambdas = torch.cat([zero + 1, expected_squared_score(sigmas[1:])])
+        self.exact = dict(alphas_cumprod=alphas_cumprod, sigmas=sigmas, lambdas=lambdas)
+        for name, value in self.exact.items():
             self.register_buffer(name, value.float(), persistent=False)
 
 
@@ -147,6 +139,168 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], CrysformerOutput]
 EnergyFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+class StepTable(NamedTuple):
+    """Per-step constants of a (possibly strided) predictor-corrector run, one row per step.
+
+    Computed once in float64 and kept on the device, so a step reads its constants by index:
+    the loop needs no host arithmetic and can be captured as one CUDA graph.
+    """
+
+    t: torch.Tensor  # (S,) long: trained step index k, from T down to 1
+    coef: torch.Tensor  # (S, len(COLUMNS)) float32
+
+    COLUMNS = (
+        "sqrt_lambda",  # the network's coordinate output times this is the score
+        "corrector_step",  # Langevin step on X
+        "corrector_noise",  # temperature * sqrt(2 * step); 0 on the last step
+        "x_drift",  # sigma_k^2 - sigma_prev^2 (reverse VE step on X)
+        "x_var",  # posterior variance of X
+        "x_noise",  # temperature * sqrt(x_var)
+        "l_eps",  # sqrt(1 - abar_k): clean-lattice estimate L0 = (L - l_eps * eps) * l_inv
+        "l_inv",  # 1 / sqrt(abar_k)
+        "l_from_clean",  # DDPM posterior mean = l_from_clean * L0 + l_from_noisy * L
+        "l_from_noisy",
+        "l_var",  # posterior variance of L
+        "l_noise",  # temperature * sqrt(l_var)
+    )
+
+    def column(self, row: torch.Tensor, name: str) -> torch.Tensor:
+        return row[..., self.COLUMNS.index(name)]
+
+
+def step_table(
+    schedule: DiffusionSchedule, steps: int, settings: SamplerSettings, device: torch.device
+) -> StepTable:
+    """Strided steps T = k_S > ... > k_1 >= 1 (k_0 = 0) and their sampler constants.
+
+    Striding keeps the trained noise levels: the VE predictor jumps from sigma_k to
+    sigma_prev, and the DDPM step uses the cumulative alphas between k and k_prev (respacing).
+    """
+    total = schedule.steps
+    ks = torch.linspace(total, 1, steps, dtype=torch.float64).round().long().unique_consecutive()
+    ks_prev = torch.cat([ks[1:], torch.zeros(1, dtype=torch.long)])
+    table = schedule.exact
+    sigma, sigma_prev = table["sigmas"][ks], table["sigmas"][ks_prev]
+    abar, abar_prev = table["alphas_cumprod"][ks], table["alphas_cumprod"][ks_prev]
+    temp = settings.temperature
+    corrector_step = settings.step_lr * (sigma / schedule.sigma_begin) ** 2
+    not_last = (ks_prev > 0).double()
+    x_var = sigma_prev**2 * (sigma**2 - sigma_prev**2) / sigma**2
+    alpha = abar / abar_prev
+    l_var = (1 - alpha) * (1 - abar_prev) / (1 - abar)
+    columns = dict(
+        sqrt_lambda=table["lambdas"][ks].sqrt(),
+        corrector_step=corrector_step,
+        corrector_noise=temp * (2 * corrector_step).sqrt() * not_last,
+        x_drift=sigma**2 - sigma_prev**2,
+        x_var=x_var,
+        x_noise=temp * x_var.sqrt(),
+        l_eps=(1 - abar).sqrt(),
+        l_inv=1 / abar.sqrt(),
+        l_from_clean=abar_prev.sqrt() * (1 - alpha) / (1 - abar),
+        l_from_noisy=alpha.sqrt() * (1 - abar_prev) / (1 - abar),
+        l_var=l_var,
+        l_noise=temp * l_var.sqrt(),
+    )
+    coef = torch.stack([columns[name] for name in StepTable.COLUMNS], dim=-1)
+    return StepTable(ks.to(device), coef.float().to(device))
+
+
+@dataclass
+class PredictorCorrector:
+    """One predictor-corrector step of DAO-G sampling, optionally guided by DAO-P.
+
+    The corrector is Langevin dynamics on X; the predictor a reverse VE step on X and a DDPM
+    ancestral step on L through the predicted clean lattice, clipped to a physical range (near
+    t = T, 1 / sqrt(abar) ~ 1e3 would otherwise amplify network error a thousandfold).
+    Guidance adds -w grad E to the score (p(stable | x) ~ exp(-w E)), so each predictor mean
+    moves by -w * (its step's variance) * grad E.
+    """
+
+    score_fn: ScoreFn
+    table: StepTable
+    mask: torch.Tensor  # (B, N) bool
+    energy_fn: EnergyFn | None = None
+    guidance_scale: float = 0.0
+    generator: torch.Generator | None = None
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=self.mask.device, generator=self.generator)
+
+    def __call__(
+        self, frac: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor, row: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step: ``t`` (1,) is the trained step index, ``row`` (1, C) its constants."""
+        b, n = self.mask.shape
+        c = dict(zip(StepTable.COLUMNS, row.unbind(-1), strict=True))
+        atom_mask = self.mask[..., None].to(frac.dtype)
+        t = t.expand(b)
+
+        score = self.score_fn(frac, lattice, t).coord * c["sqrt_lambda"]
+        kick = c["corrector_step"] * score + c["corrector_noise"] * self.randn(b, n, 3)
+        frac = torch.remainder(frac + kick * atom_mask, 1.0)
+
+        out = self.score_fn(frac, lattice, t)
+        lattice0 = ((lattice - c["l_eps"] * out.lattice) * c["l_inv"]).clamp(
+            -LATTICE_CLIP, LATTICE_CLIP
+        )
+        mean_l = c["l_from_clean"] * lattice0 + c["l_from_noisy"] * lattice
+        mean_x = frac + c["x_drift"] * out.coord * c["sqrt_lambda"]
+        if self.energy_fn is not None and self.guidance_scale > 0:
+            with torch.enable_grad():
+                f = frac.detach().requires_grad_(True)
+                lat = lattice.detach().requires_grad_(True)
+                grad_f, grad_l = torch.autograd.grad(self.energy_fn(f, lat, t).sum(), (f, lat))
+            mean_x = mean_x - self.guidance_scale * c["x_var"] * grad_f
+            mean_l = mean_l - self.guidance_scale * c["l_var"] * grad_l
+        frac = torch.remainder((mean_x + c["x_noise"] * self.randn(b, n, 3)) * atom_mask, 1.0)
+        lattice = mean_l + c["l_noise"] * self.randn(b, 3, 3)
+        return frac, lattice
+
+    def run(
+        self, frac: torch.Tensor, lattice: torch.Tensor, graph: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not graph:  # one-row slices, the shapes the graph's indexed reads have
+            for i in range(len(self.table.t)):
+                rows = slice(i, i + 1)
+                frac, lattice = self(frac, lattice, self.table.t[rows], self.table.coef[rows])
+            return frac, lattice
+        return self._run_graph(frac, lattice)
+
+    def _run_graph(
+        self, frac: torch.Tensor, lattice: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same steps as one captured CUDA graph, replayed once per step: a device-side
+        step counter selects each step's constants, so no launch or host work happens per
+        step beyond one replay."""
+        state = [frac.clone(), lattice.clone()]
+        # A one-element index: indexing with a 0-d tensor would read it on the host.
+        step = torch.zeros(1, dtype=torch.long, device=frac.device)
+
+        def advance() -> None:
+            new_frac, new_lattice = self(*state, self.table.t[step], self.table.coef[step])
+            state[0].copy_(new_frac)
+            state[1].copy_(new_lattice)
+            step.add_(1)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside capture: cuBLAS handles, allocator
+            advance()
+        torch.cuda.current_stream().wait_stream(side)
+        state[0].copy_(frac)
+        state[1].copy_(lattice)
+        step.zero_()
+        graph = torch.cuda.CUDAGraph()
+        if self.generator is not None:
+            graph.register_generator_state(self.generator)
+        with torch.cuda.graph(graph):
+            advance()
+        for _ in range(len(self.table.t)):
+            graph.replay()
+        return state[0], state[1]
+
+
 @torch.no_grad()
 def sample(
     score_fn: ScoreFn,
@@ -157,69 +311,21 @@ def sample(
     energy_fn: EnergyFn | None = None,
     guidance_scale: float = 0.0,
     generator: torch.Generator | None = None,
+    graph: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predictor-corrector sampling of (frac, lattice) for a padded batch of compositions.
 
     ``score_fn(frac, lattice, t)`` returns the DAO-G outputs, ``energy_fn(frac, lattice, t)`` the
-    DAO-P energy per crystal. ``steps`` < T runs a strided subset of the trained steps (the
-    schedule's own steps are always used; fewer steps trades accuracy for speed).
-    ``settings.temperature`` scales the standard deviation of the noise injected by the predictor
-    and the corrector: 1 samples the learned distribution, < 1 concentrates samples on its modes.
+    DAO-P energy per crystal. ``steps`` (default ``settings.steps``) below T runs a strided
+    subset of the trained steps. ``settings.temperature`` scales the standard deviation of the
+    noise injected by the predictor and the corrector: 1 samples the learned distribution, < 1
+    concentrates samples on its modes. ``graph`` (default: on CUDA) replays one captured CUDA
+    graph per step instead of launching every kernel from Python.
     """
     device = mask.device
     b, n = mask.shape
-    total = schedule.steps
-    steps = steps or total
-    # Strided step indices T = k_S > ... > k_1 >= 1, and k_0 = 0.
-    ks = torch.linspace(total, 1, steps, device=device).round().long().unique_consecutive().tolist()
-    ks = ks + [0]
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, device=device, generator=generator)
-
+    table = step_table(schedule, steps or settings.steps, settings, device)
     frac = torch.rand(b, n, 3, device=device, generator=generator)
-    lattice = randn(b, 3, 3)
-    atom_mask = mask[..., None].float()
-    sched = schedule
-    for k, k_prev in zip(ks[:-1], ks[1:], strict=True):
-        t = torch.full((b,), k, device=device, dtype=torch.long)
-        sigma, sigma_prev = sched.sigmas[k], sched.sigmas[k_prev]
-        sqrt_lambda = sched.lambdas[k].sqrt()
-        last = k_prev == 0
-        # Corrector: Langevin on X only.
-        step = settings.step_lr * (sigma / sched.sigma_begin) ** 2
-        score = score_fn(frac, lattice, t).coord * sqrt_lambda
-        noise = settings.temperature * randn(b, n, 3) if not last else 0.0
-        frac = torch.remainder(frac + (step * score + (2 * step).sqrt() * noise) * atom_mask, 1.0)
-
-        # Predictor: reverse VE step on X, DDPM ancestral step on L (strided: use the
-        # cumulative alphas between k and k_prev).
-        out = score_fn(frac, lattice, t)
-        abar, abar_prev = sched.alphas_cumprod[k], sched.alphas_cumprod[k_prev]
-        alpha = abar / abar_prev  # respaced step when striding
-        beta = 1 - alpha
-        # DDPM posterior through the predicted clean lattice, clipped to a physical range:
-        # near t = T, sqrt(abar) ~ 1e-3 would otherwise amplify network error a thousandfold.
-        lattice0 = (lattice - (1 - abar).sqrt() * out.lattice) / abar.sqrt()
-        lattice0 = lattice0.clamp(-LATTICE_CLIP, LATTICE_CLIP)
-        mean_l = (abar_prev.sqrt() * beta * lattice0 + alpha.sqrt() * (1 - abar_prev) * lattice) / (
-            1 - abar
-        )
-        var_l = beta * (1 - abar_prev) / (1 - abar)
-        var_x = sigma_prev**2 * (sigma**2 - sigma_prev**2) / sigma**2
-        mean_x = frac + (sigma**2 - sigma_prev**2) * out.coord * sqrt_lambda
-        if energy_fn is not None and guidance_scale > 0:
-            # Classifier guidance with p(stable | x) ~ exp(-w E): descend the DAO-P energy.
-            with torch.enable_grad():
-                f = frac.detach().requires_grad_(True)
-                lat = lattice.detach().requires_grad_(True)
-                grad_f, grad_l = torch.autograd.grad(energy_fn(f, lat, t).sum(), (f, lat))
-            mean_x = mean_x - guidance_scale * var_x * grad_f
-            mean_l = mean_l - guidance_scale * var_l * grad_l
-        if last:
-            frac, lattice = mean_x, mean_l
-        else:
-            frac = mean_x + settings.temperature * var_x.sqrt() * randn(b, n, 3)
-            lattice = mean_l + settings.temperature * var_l.sqrt() * randn(b, 3, 3)
-        frac = torch.remainder(frac * atom_mask, 1.0)
-    return frac, lattice
+    lattice = torch.randn(b, 3, 3, device=device, generator=generator)
+    step = PredictorCorrector(score_fn, table, mask, energy_fn, guidance_scale, generator)
+    return step.run(frac, lattice, device.type == "cuda" if graph is None else graph)

@@ -2,7 +2,10 @@
 
 Every crystal in a batch is a dense, padded block of ``N`` atoms; attention runs over all atom pairs
 of the same crystal (self-loops included) with invariant edge features added to keys and values.
-Padding is handled with masks, so the whole batch is a few batched matrix products.
+Padding is handled with masks, so the whole batch is a few batched matrix products. The edge
+features are never materialised: attention is computed exactly from per-atom Fourier waves and
+N x N LayerNorm statistics (``PairGeometry``): O(B * heads * N^2) memory instead of
+O(B * N^2 * (9 + 6K)).
 """
 
 from __future__ import annotations
@@ -60,15 +63,50 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([args.sin(), args.cos()], dim=-1)
 
 
-def edge_features(frac: torch.Tensor, lattice: torch.Tensor, fourier: int) -> torch.Tensor:
-    """Invariant pair features (B, N, N, 9 + 6K): Gram matrix entries and Fourier features of dx."""
-    b, n, _ = frac.shape
-    dx = torch.remainder(frac[:, None, :, :] - frac[:, :, None, :], 1.0)  # x_j - x_i, (B, N, N, 3)
-    k = torch.arange(fourier, device=frac.device, dtype=frac.dtype)
-    phase = 2 * math.pi * dx[..., None] * k  # (B, N, N, 3, K)
-    fourier_feats = torch.cat([phase.sin(), phase.cos()], dim=-1).reshape(b, n, n, 6 * fourier)
-    gram = (lattice @ lattice.transpose(1, 2)).reshape(b, 1, 1, 9).expand(b, n, n, 9)
-    return torch.cat([gram, fourier_feats], dim=-1)
+class PairGeometry(NamedTuple):
+    """What attention needs from the edge features e_ij = LN([Gram(L), Fourier(x_j - x_i)]),
+    without materialising the (B, N, N, 9 + 6K) tensor.
+
+    The Fourier features of x_j - x_i separate into per-atom waves (sin(a - b) = sin a cos b -
+    cos a sin b, cos(a - b) = cos a cos b + sin a sin b), the Gram block is one vector per
+    crystal, and the LayerNorm statistics over the 9 + 6K entries are N x N scalars: the Fourier
+    entries have a constant sum of squares (3K) and a separable sum.
+    """
+
+    waves: torch.Tensor  # (B, N, 6K): [sin 2 pi k x_c | cos 2 pi k x_c], (c, k) flattened
+    cos2: torch.Tensor  # (B, N, 1, 6K): [cos | cos], broadcast over heads
+    sin2: torch.Tensor  # (B, N, 1, 6K): [sin | -sin]
+    gram: torch.Tensor  # (B, 9): L L^T
+    mean: torch.Tensor  # (B, N, N): LayerNorm mean of e_ij
+    inv_std: torch.Tensor  # (B, N, N): 1 / sqrt(var(e_ij) + eps)
+
+    def waves_as(self, dtype: torch.dtype) -> PairGeometry:
+        """The per-atom waves in the layers' compute dtype (statistics stay float32), so the
+        (B, N, heads, 6K) products stay in that dtype instead of promoting to float32."""
+        return self._replace(
+            waves=self.waves.to(dtype), cos2=self.cos2.to(dtype), sin2=self.sin2.to(dtype)
+        )
+
+
+def pair_geometry(
+    frac: torch.Tensor, lattice: torch.Tensor, fourier: int, eps: float
+) -> PairGeometry:
+    """Per-atom waves, the Gram vector and the pair LayerNorm statistics, kept out of autocast:
+    the statistics feed every layer, and bf16 would leave them 3 significant digits."""
+    with torch.autocast(frac.device.type, enabled=False):
+        k = torch.arange(fourier, device=frac.device, dtype=frac.dtype)
+        phase = (2 * math.pi * frac[..., None] * k).flatten(-2)  # (B, N, 3K)
+        sin, cos = phase.sin(), phase.cos()
+        waves = torch.cat([sin, cos], dim=-1)
+        gram = (lattice @ lattice.transpose(1, 2)).flatten(1)
+        # sum over (c, k) of sin(a_j - a_i) + cos(a_j - a_i) = (cos+sin)_i.sin_j + (cos-sin)_i.cos_j
+        fourier_sum = torch.cat([cos + sin, cos - sin], dim=-1) @ waves.transpose(1, 2)
+        dim = 9 + 6 * fourier
+        mean = (gram.sum(-1)[:, None, None] + fourier_sum) / dim
+        mean_sq = (gram.square().sum(-1)[:, None, None] + 3 * fourier) / dim
+        inv_std = torch.rsqrt((mean_sq - mean.square()).clamp(min=0) + eps)
+        cos2, sin2 = torch.cat([cos, cos], dim=-1), torch.cat([sin, -sin], dim=-1)
+    return PairGeometry(waves, cos2[:, :, None], sin2[:, :, None], gram, mean, inv_std)
 
 
 class GatedResidual(nn.Module):
@@ -88,9 +126,10 @@ class CrysformerLayer(nn.Module):
         super().__init__()
         self.heads = cfg.heads
         self.head_dim = cfg.hidden // cfg.heads
+        self.fourier = cfg.fourier
         self.norm_attn = nn.LayerNorm(cfg.hidden)
         self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
-        self.edge = nn.Linear(edge_dim, cfg.hidden, bias=False)
+        self.edge = nn.Linear(edge_dim, cfg.hidden, bias=False)  # W_e
         self.out = nn.Linear(cfg.hidden, cfg.hidden)
         self.res_attn = GatedResidual(cfg.hidden)
         self.norm_ff = nn.LayerNorm(cfg.hidden)
@@ -100,15 +139,50 @@ class CrysformerLayer(nn.Module):
         self.res_ff = GatedResidual(cfg.hidden)
 
     def forward(
-        self, h: torch.Tensor, edges: torch.Tensor, attn_bias: torch.Tensor
+        self, h: torch.Tensor, pairs: PairGeometry, attn_bias: torch.Tensor, edge_norm: nn.LayerNorm
     ) -> torch.Tensor:
+        """Attention in which receiver i sees sender j's key and value as k_j + W_e e_ij and
+        v_j + W_e e_ij, computed exactly from per-atom waves and N x N scalars (PairGeometry)."""
         b, n, width = h.shape
-        q, k, v = self.qkv(self.norm_attn(h)).view(b, n, 3, self.heads, self.head_dim).unbind(2)
-        e = self.edge(edges).view(b, n, n, self.heads, self.head_dim)  # W_e e_ij
-        # Keys/values of j seen by receiver i are k_j + W_e e_ij and v_j + W_e e_ij.
-        logits = torch.einsum("bihd,bjhd->bhij", q, k) + torch.einsum("bihd,bijhd->bhij", q, e)
-        attn = torch.softmax(logits / math.sqrt(self.head_dim) + attn_bias, dim=-1)
-        msg = torch.einsum("bhij,bjhd->bihd", attn, v) + torch.einsum("bhij,bijhd->bihd", attn, e)
+        heads, dim, waves_dim = self.heads, self.head_dim, 6 * self.fourier
+        q, k, v = self.qkv(self.norm_attn(h)).view(b, n, 3, heads, dim).unbind(2)
+        # W_e LN(e) = inv_std * (W_e diag(gamma) e - mean * W_e gamma) + W_e beta.
+        w = self.edge.weight * edge_norm.weight  # W_e diag(gamma), (H, 9 + 6K)
+        # Fourier columns are ordered (c, sin|cos, k); regroup them as [sin (c, k) | cos (c, k)],
+        # and keep a copy with the halves swapped: rotating each (sin, cos) pair of a vector x
+        # by the receiver's phase a_i is x * [cos|cos] + swap(x) * [sin|-sin] (signs per side).
+        w_wave = w[:, 9:].view(heads, dim, 3, 2, self.fourier).transpose(2, 3)
+        w_swap = w_wave.flip(2).reshape(heads, dim, waves_dim)
+        w_wave = w_wave.reshape(heads, dim, waves_dim)
+        gram_vec = (pairs.gram @ w[:, :9].T.to(pairs.gram.dtype)).view(b, 1, heads, dim)
+        centre_vec = w.sum(1).view(heads, dim)  # W_e gamma
+        shift_vec = (self.edge.weight @ edge_norm.bias).view(heads, dim)  # W_e beta
+        inv_std, mean = pairs.inv_std[:, None], pairs.mean[:, None]  # (B, 1, N, N)
+
+        # Logits q_i.(k_j + W_e LN(e_ij)): the wave part is sum over (c, k) of the query's
+        # sin/cos weights times sin/cos(a_j - a_i), i.e. the query rotated by -a_i dotted with
+        # the sender's waves. The q_i.W_e beta term is the same for every j and cancels.
+        q_wave = torch.einsum("bihd,hdf->bihf", q, w_wave) * pairs.cos2
+        q_wave = q_wave + torch.einsum("bihd,hdf->bihf", q, w_swap) * pairs.sin2
+        wave_logit = torch.einsum("bihf,bjf->bhij", q_wave, pairs.waves)
+        q_gram = (q * gram_vec).sum(-1).transpose(1, 2)[..., None]  # (B, heads, N, 1)
+        q_centre = (q * centre_vec).sum(-1).transpose(1, 2)[..., None]
+        edge_logit = inv_std * (q_gram + wave_logit - mean * q_centre)
+        logits = torch.einsum("bihd,bjhd->bhij", q, k) + edge_logit
+        attn = torch.softmax(logits / math.sqrt(dim) + attn_bias, dim=-1)
+
+        # Messages sum_j a_ij (v_j + W_e LN(e_ij)); the senders' summed waves are rotated by
+        # +a_i (the swapped weights carry the sign flip). Attention rows sum to one.
+        scaled = attn * inv_std
+        wave_sum = torch.einsum("bhij,bjf->bihf", scaled.to(pairs.waves.dtype), pairs.waves)
+        msg = (
+            torch.einsum("bhij,bjhd->bihd", attn, v)
+            + torch.einsum("bihf,hdf->bihd", wave_sum * pairs.cos2, w_wave)
+            + torch.einsum("bihf,hdf->bihd", wave_sum * pairs.sin2, w_swap)
+            + scaled.sum(-1).transpose(1, 2)[..., None] * gram_vec
+            - (scaled * mean).sum(-1).transpose(1, 2)[..., None] * centre_vec
+            + shift_vec
+        )
         h = self.res_attn(h, self.out(msg.reshape(b, n, width)))
         return self.res_ff(h, self.ff(self.norm_ff(h)))
 
@@ -144,13 +218,15 @@ class Crysformer(nn.Module):
         b, n = atom_types.shape
         time = sinusoidal_embedding(t, self.cfg.time_dim)[:, None].expand(b, n, -1)
         h = self.node_in(torch.cat([self.element(atom_types), time], dim=-1))
-        edges = self.edge_norm(edge_features(frac, lattice, self.cfg.fourier))
+        pairs = pair_geometry(frac, lattice, self.cfg.fourier, self.edge_norm.eps)
+        if torch.is_autocast_enabled(frac.device.type):
+            pairs = pairs.waves_as(torch.get_autocast_dtype(frac.device.type))
         # Additive mask: padded senders get -inf; padded receivers still see themselves (no NaN).
         pair = mask[:, None, :] | torch.eye(n, dtype=torch.bool, device=mask.device)[None]
         attn_bias = torch.zeros(pair.shape, dtype=h.dtype, device=h.device)
         attn_bias = attn_bias.masked_fill(~pair, float("-inf"))[:, None]
         for layer in self.layers:
-            h = layer(h, edges, attn_bias)
+            h = layer(h, pairs, attn_bias, self.edge_norm)
         h = self.final_norm(h) * mask[..., None]
         pooled = h.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return h, pooled

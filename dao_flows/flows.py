@@ -147,7 +147,7 @@ def dao_csp_flow(
     *,
     n: int = 20,
     n_random: int = 0,
-    steps: int = 1000,
+    steps: int | None = None,
     scale: float | None = None,
     formula_units: int | None = None,
     seed: int | None = None,
@@ -166,9 +166,9 @@ def dao_csp_flow(
 ) -> Flow:
     """One-line CSP workflow for ``composition`` (see :class:`DAOCSPMaker`).
 
-    ``n`` DAO-G samples (``steps`` diffusion steps, DAO-P guidance at ``scale``) plus
-    ``n_random`` pyxtal structures are relaxed (``relax="per-candidate"`` jobs or one
-    ``"batched"`` job; ``force_field``, ``fmax``, ``relax_steps``) and ranked. ``model``,
+    ``n`` DAO-G samples (``steps`` diffusion steps, default the model's own; DAO-P guidance at
+    ``scale``) plus ``n_random`` pyxtal structures are relaxed (``relax="per-candidate"`` jobs
+    or one ``"batched"`` job; ``force_field``, ``fmax``, ``relax_steps``) and ranked. ``model``,
     ``guidance``, ``score_model`` accept bundled names or checkpoint paths; ``guidance=None``
     samples unguided and (unless ``score_model`` is given) skips DAO-P scores.
     """

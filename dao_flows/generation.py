@@ -173,7 +173,7 @@ class DAOGenerationMaker(Maker):
     model: str | None = None
     guidance: str | None = "default"
     scale: float = DEFAULT_SCALE
-    steps: int = 1000
+    steps: int | None = None  # None: the generator's own default (its sampler settings)
     formula_units: int | None = None
     seed: int | None = None
     device: str | None = None

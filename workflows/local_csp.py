@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("formula", nargs="?", default="CsV3Sb5")
     ap.add_argument("--n", type=int, default=20, help="DAO-G candidates")
     ap.add_argument("--n-random", type=int, default=0, help="extra pyxtal candidates")
-    ap.add_argument("--steps", type=int, default=1000, help="diffusion steps")
+    ap.add_argument("--steps", type=int, help="diffusion steps (default: the model's own)")
     ap.add_argument("--formula-units", type=int, default=None)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--relax", choices=["per-candidate", "batched"], default="per-candidate")

@@ -10,4 +10,21 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
+
+@app.callback()
+def main(
+    threads: int | None = typer.Option(
+        None, help="CPU threads for torch (default: the idle cores, measured at start)"
+    ),
+) -> None:
+    """Set the CPU thread policy once per command (dao_core.threads)."""
+    import os
+
+    if threads is not None:
+        os.environ["DAO_NUM_THREADS"] = str(threads)
+    from dao_core.threads import configure_cpu_threads
+
+    configure_cpu_threads()
+
+
 from dao_flows.cli import flows, models  # noqa: E402,F401  (register their commands)

@@ -45,7 +45,7 @@ def input_errors_exit(func):  # type: ignore[no-untyped-def]
 def _flow_options(
     n: int,
     n_random: int,
-    steps: int,
+    steps: int | None,
     scale: float | None,
     formula_units: int | None,
     seed: int | None,
@@ -85,7 +85,9 @@ def _flow_options(
 # Options shared by `dao csp` and `dao submit`.
 N = Annotated[int, typer.Option("--n", "-n", help="DAO-G candidates")]
 NRandom = Annotated[int, typer.Option(help="extra pyxtal random candidates, ranked together")]
-Steps = Annotated[int, typer.Option(help="diffusion sampling steps")]
+Steps = Annotated[
+    int | None, typer.Option(help="diffusion sampling steps (default: the model's own)")
+]
 Scale = Annotated[float | None, typer.Option(help="DAO-P guidance scale w (0 = off; authors: 20)")]
 FormulaUnits = Annotated[int | None, typer.Option(help="formula units per cell")]
 Seed = Annotated[int | None, typer.Option(help="random seed (recorded in the result)")]
@@ -146,7 +148,7 @@ def csp(
     formula: Annotated[str, typer.Argument(help="composition, e.g. CsV3Sb5")],
     n: N = 20,
     n_random: NRandom = 0,
-    steps: Steps = 1000,
+    steps: Steps = None,
     scale: Scale = None,
     formula_units: FormulaUnits = None,
     seed: Seed = None,
@@ -281,7 +283,7 @@ def submit(
     launch_dir: Annotated[Path | None, typer.Option(help="where rapidfire runs jobs")] = None,
     n: N = 20,
     n_random: NRandom = 0,
-    steps: Steps = 1000,
+    steps: Steps = None,
     scale: Scale = None,
     formula_units: FormulaUnits = None,
     seed: Seed = None,

@@ -157,7 +157,7 @@ def sample(
     n: Annotated[int, typer.Option(help="number of structures")] = 4,
     guidance: Annotated[str | None, typer.Option(help="DAO-P for energy guidance")] = None,
     scale: Annotated[float, typer.Option(help="guidance scale w")] = 0.0,
-    steps: int = 1000,
+    steps: Annotated[int | None, typer.Option(help="sampling steps (default: model's)")] = None,
     formula_units: int | None = None,
     seed: int | None = None,
     device: str | None = None,
@@ -190,7 +190,7 @@ def benchmark(
     samples: Annotated[int, typer.Option(help="samples per crystal (1 or 20)")] = 1,
     guidance: Annotated[str | None, typer.Option(help="DAO-P for energy guidance")] = None,
     scale: float = 0.0,
-    steps: int = 1000,
+    steps: Annotated[int | None, typer.Option(help="sampling steps (default: model's)")] = None,
     step_lr: StepLr = None,
     temperature: Temperature = None,
     split: Annotated[
@@ -248,7 +248,7 @@ def models() -> None:
     from dao_core.checkpoint import bundled_models, read_config
     from dao_core.diffusion import SamplerSettings
 
-    table = Table("name", "kind", "preset (H x layers)", "sampler (step_lr, T)", "sha256",
+    table = Table("name", "kind", "preset (H x layers)", "sampler (step_lr, T, steps)", "sha256",
                   "trained on")  # fmt: skip
     for name in bundled_models():
         cfg = read_config(name)
@@ -256,7 +256,9 @@ def models() -> None:
         sampler = SamplerSettings(**cfg.get("sampling", {}))
         table.add_row(
             name, cfg["kind"], f"{arch['hidden']} x {arch['layers']}",
-            f"{sampler.step_lr:g}, {sampler.temperature:g}" if cfg["kind"] == "dao-g" else "-",
+            f"{sampler.step_lr:g}, {sampler.temperature:g}, {sampler.steps}"
+            if cfg["kind"] == "dao-g"
+            else "-",
             cfg["sha256"][:12],
             ", ".join(Path(d).parent.name for d in cfg["record"].get("data", [])),
         )  # fmt: skip
