@@ -17,6 +17,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from dao_core.elements import element_table
+
 MAX_Z = 100
 
 
@@ -27,17 +29,18 @@ class CrysformerConfig:
     heads: int = 8
     fourier: int = 128  # K: Fourier frequencies per fractional-coordinate component
     time_dim: int = 256
+    elements: str = "learned"  # "learned": an embedding per Z; "descriptors": dao_core.elements
 
     @classmethod
-    def preset(cls, name: str) -> CrysformerConfig:
+    def preset(cls, name: str, elements: str = "learned") -> CrysformerConfig:
         try:
-            return cls(**PRESETS[name])
+            return cls(**PRESETS[name], elements=elements)
         except KeyError:
             raise ValueError(
                 f"unknown Crysformer preset {name!r}; choose from {sorted(PRESETS)}"
             ) from None
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | str]:
         return asdict(self)
 
 
@@ -107,6 +110,20 @@ def pair_geometry(
         inv_std = torch.rsqrt((mean_sq - mean.square()).clamp(min=0) + eps)
         cos2, sin2 = torch.cat([cos, cos], dim=-1), torch.cat([sin, -sin], dim=-1)
     return PairGeometry(waves, cos2[:, :, None], sin2[:, :, None], gram, mean, inv_std)
+
+
+class ElementDescriptors(nn.Module):
+    """Fixed chemistry-aware descriptors (dao_core.elements) through a linear layer; padding
+    (Z = 0) maps to zero, as the learned embedding's padding row does. The table is a buffer,
+    so a checkpoint carries the exact descriptors it was trained with."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.register_buffer("table", element_table(MAX_Z))
+        self.proj = nn.Linear(self.table.shape[1], hidden)
+
+    def forward(self, atom_types: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.table[atom_types]) * (atom_types > 0)[..., None]
 
 
 class GatedResidual(nn.Module):
@@ -194,8 +211,15 @@ class Crysformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         edge_dim = 9 + 6 * cfg.fourier
-        # A learned element embedding covering Z = 1..100 (index 0 is padding).
-        self.element = nn.Embedding(MAX_Z + 1, cfg.hidden, padding_idx=0)
+        # Z = 1..100 (index 0 is padding): a learned embedding, or fixed descriptors.
+        if cfg.elements == "learned":
+            self.element: nn.Module = nn.Embedding(MAX_Z + 1, cfg.hidden, padding_idx=0)
+        elif cfg.elements == "descriptors":
+            self.element = ElementDescriptors(cfg.hidden)
+        else:
+            raise ValueError(
+                f"unknown element encoding {cfg.elements!r}; choose 'learned' or 'descriptors'"
+            )
         self.node_in = nn.Linear(cfg.hidden + cfg.time_dim, cfg.hidden)
         self.edge_norm = nn.LayerNorm(edge_dim)
         self.layers = nn.ModuleList(CrysformerLayer(cfg, edge_dim) for _ in range(cfg.layers))

@@ -43,6 +43,7 @@ STATE_FILE = "trainer_state.pt"
 class TrainConfig:
     kind: str = "dao-g"
     preset: str = "base"
+    elements: str = "learned"  # or "descriptors" (dao_core.elements)
     out: str = "runs/dao-g"
     init: str | None = None  # start from these weights (Stage II, fine-tuning)
     max_steps: int = 10_000
@@ -196,7 +197,7 @@ def build_model(cfg: TrainConfig, train: Sequence[CrystalRecord]) -> DAOModel:
             cfg.energy_loss,
             cfg.per_dataset,  # type: ignore[arg-type]
         )
-    preset = CrysformerConfig.preset(cfg.preset)
+    preset = CrysformerConfig.preset(cfg.preset, cfg.elements)
     sampling = SamplerSettings(**cfg.sampling)
     return DAOModel(cfg.kind, preset, label, sampling=sampling)  # type: ignore[arg-type]
 

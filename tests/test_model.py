@@ -3,15 +3,16 @@
 import pytest
 import torch
 
+from dao_core.elements import N_FEATURES, element_table
 from dao_core.model import Crysformer, CrysformerConfig
 
 TOL = 1e-9  # float64 throughout: symmetries must hold to round-off
 
 
-@pytest.fixture(scope="module")
-def net() -> Crysformer:
+@pytest.fixture(scope="module", params=["learned", "descriptors"])
+def net(request: pytest.FixtureRequest) -> Crysformer:
     torch.manual_seed(0)
-    return Crysformer(CrysformerConfig.preset("tiny")).double().eval()
+    return Crysformer(CrysformerConfig.preset("tiny", request.param)).double().eval()
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +87,20 @@ def test_paper_preset_size() -> None:
     assert (cfg.hidden, cfg.layers, cfg.heads, cfg.fourier) == (384, 12, 8, 128)
     params = sum(p.numel() for p in Crysformer(cfg).parameters())
     assert 24e6 < params < 27e6
+
+
+def test_element_descriptors_are_chemical() -> None:
+    """Fixed descriptors: padding is zero, every element finite, the table exact in float16
+    (checkpoints ship fp16), and chemical neighbours closer than unlike elements."""
+    table = element_table(100)
+    assert table.shape == (101, N_FEATURES) and torch.all(table[0] == 0)
+    assert torch.isfinite(table).all() and torch.equal(table, table.half().float())
+
+    def dist(a: int, b: int) -> float:
+        return float((table[a] - table[b]).norm())
+
+    assert dist(11, 19) < dist(11, 17)  # Na-K < Na-Cl
+    assert dist(29, 47) < dist(29, 9)  # Cu-Ag < Cu-F
+    assert dist(14, 32) < dist(14, 56)  # Si-Ge < Si-Ba
+    with pytest.raises(ValueError, match="element encoding"):
+        Crysformer(CrysformerConfig.preset("tiny", "one-hot"))

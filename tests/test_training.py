@@ -126,3 +126,19 @@ def test_ddp_two_cpu_processes_keep_identical_parameters(
     initial = load_model(out / "final", device="cpu")  # final == trained weights of rank 0
     trained = torch.cat([p.detach().flatten() for p in initial.parameters()])
     assert torch.equal(trained, rank0)
+
+
+def test_descriptor_model_round_trips(tmp_path: Path) -> None:
+    """A model with fixed element descriptors saves and loads its config and exact table."""
+    torch.manual_seed(0)
+    model = DAOModel("dao-g", CrysformerConfig.preset("tiny", "descriptors")).eval()
+    save_model(model, tmp_path / "fp32")
+    save_model(model, tmp_path / "fp16", dtype=torch.float16)
+    args = (torch.tensor([[8, 22, 38, 8, 0]]), torch.rand(1, 5, 3), 4 * torch.eye(3)[None],
+            torch.tensor([[True, True, True, True, False]]), torch.tensor([10]))  # fmt: skip
+    loaded = load_model(tmp_path / "fp32", device="cpu")
+    assert loaded.config.elements == "descriptors"
+    with torch.no_grad():
+        assert torch.equal(model(*args).coord, loaded(*args).coord)
+    half = load_model(tmp_path / "fp16", device="cpu")
+    assert torch.equal(half.net.element.table, model.net.element.table)  # fp16-exact table

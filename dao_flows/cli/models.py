@@ -50,6 +50,9 @@ def train(
     data: Annotated[str, typer.Option(help="CSV[:label_column][,CSV[:label_column]...]")],
     out: Annotated[Path, typer.Option(help="output folder (checkpoints, split, log)")],
     preset: Annotated[str, typer.Option(help="paper | base | small | tiny")] = "base",
+    elements: Annotated[
+        str, typer.Option(help="learned (one vector per Z) | descriptors (chemistry-aware)")
+    ] = "learned",
     init: Annotated[str | None, typer.Option(help="start from this checkpoint")] = None,
     steps: Annotated[int, typer.Option(help="optimiser steps")] = 10_000,
     batch_size: Annotated[int, typer.Option(help="structures per step per process")] = 128,
@@ -84,7 +87,7 @@ def train(
     datasets = {str(p): load_csv(p, label) for p, label in specs}
     train_sets, val_sets, split_path = split_datasets(datasets, out, val_fraction, seed, split)
     cfg = TrainConfig(
-        kind=model, preset=preset, out=str(out), init=init, max_steps=steps,
+        kind=model, preset=preset, elements=elements, out=str(out), init=init, max_steps=steps,
         batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, seed=seed,
         energy_loss=energy_loss, time_limit=time_limit, time_budget=time_budget,
         eval_every=eval_every,
