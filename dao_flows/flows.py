@@ -146,7 +146,7 @@ def dao_csp_flow(
     composition: str,
     *,
     n: int = 20,
-    n_random: int = 0,
+    n_random: int = 40,
     steps: int | None = None,
     scale: float | None = None,
     formula_units: int | None = None,

@@ -169,7 +169,7 @@ class DAOGenerationMaker(Maker):
 
     name: str = "dao generate"
     n: int = 20
-    n_random: int = 0
+    n_random: int = 40  # random structures find what DAO-G misses (CsV3Sb5's kagome cell)
     model: str | None = None
     guidance: str | None = "default"
     scale: float = DEFAULT_SCALE

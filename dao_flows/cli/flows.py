@@ -147,7 +147,7 @@ def _print_failures(result: Any) -> None:
 def csp(
     formula: Annotated[str, typer.Argument(help="composition, e.g. CsV3Sb5")],
     n: N = 20,
-    n_random: NRandom = 0,
+    n_random: NRandom = 40,
     steps: Steps = None,
     scale: Scale = None,
     formula_units: FormulaUnits = None,
@@ -282,7 +282,7 @@ def submit(
     launch: Annotated[bool, typer.Option(help="also run it now (rapidfire, this process)")] = False,
     launch_dir: Annotated[Path | None, typer.Option(help="where rapidfire runs jobs")] = None,
     n: N = 20,
-    n_random: NRandom = 0,
+    n_random: NRandom = 40,
     steps: Steps = None,
     scale: Scale = None,
     formula_units: FormulaUnits = None,
