@@ -125,6 +125,21 @@ def sanity_issue(structure: Structure, energy_per_atom: float) -> str | None:
     return None if issue is None else f"relaxed structure: {issue}"
 
 
+# Known polymorphs sit within a few hundred meV/atom of the ground state (MP's metastable
+# structures: almost all below 0.2 eV/atom above the hull); far above the best candidate, a
+# relaxed result is a trapped or broken cell, whatever its relaxation status.
+MAX_E_ABOVE_BEST = 0.5  # eV/atom
+
+
+def implausibility(e_above_best: float, converged: bool) -> str | None:
+    """Why a ranked polymorph cannot be taken as a real structure, or None."""
+    if e_above_best > MAX_E_ABOVE_BEST:
+        return f"{e_above_best:.2f} eV/atom above the best (> {MAX_E_ABOVE_BEST})"
+    if not converged:
+        return "relaxation did not converge"
+    return None
+
+
 def spacegroup(structure: Structure, symprec: float) -> tuple[str, int]:
     try:
         sga = SpacegroupAnalyzer(structure, symprec=symprec)
@@ -289,6 +304,7 @@ class RankingMaker(Maker):
                     spacegroup_number=number,
                     dao_p_score=score,
                     relax_status="converged" if rep.converged else "not converged",
+                    implausible=implausibility(rep.energy_per_atom - e_min, rep.converged),
                     n_relax_steps=rep.n_steps,
                     duplicates=dups,
                 )

@@ -139,6 +139,9 @@ class RankedPolymorph(BaseModel):
     spacegroup_number: int
     dao_p_score: float | None = Field(None, description="DAO-P energy score of the relaxed one")
     relax_status: Literal["converged", "not converged"]
+    implausible: str | None = Field(
+        None, description="why this polymorph is not a plausible structure (None: no reason)"
+    )
     n_relax_steps: int | None = None
     duplicates: list[str] = Field(
         default_factory=list, description="candidate ids that relaxed into the same structure"

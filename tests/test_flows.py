@@ -243,6 +243,7 @@ def test_ranking_deduplicates_and_ranks(dao_env):
     assert best.duplicates == ["pyxtal-001"] and best.e_above_min_meV == 0.0
     assert second.spacegroup_symbol == "Pm-3m" and second.relax_status == "not converged"
     assert second.e_above_min_meV == pytest.approx(100.0)
+    assert best.implausible is None and second.implausible == "relaxation did not converge"
     assert best.dao_p_score is not None  # scored with the (tiny) DAO-P model
     failed, rejected = doc.failed
     assert failed.candidate_id == "pyxtal-003" and failed.stage == "relaxation"
@@ -274,6 +275,17 @@ def _every_candidate_accounted_for(result: CSPResultDoc, n: int) -> None:
 
 def _result_docs(store, run_uuid):
     return list(store.query({"output.doc_type": "dao_csp_result", "output.run_uuid": run_uuid}))
+
+
+def test_polymorphs_far_above_the_best_are_flagged():
+    """A converged result 1.7 eV/atom above the best is a trapped or broken cell, not a
+    polymorph: it is flagged, never reported as ok."""
+    from dao_flows.ranking import MAX_E_ABOVE_BEST, implausibility
+
+    assert implausibility(0.0, True) is None and implausibility(0.2, True) is None
+    assert "above the best" in implausibility(1.7, True)
+    assert "above the best" in implausibility(MAX_E_ABOVE_BEST + 0.01, False)
+    assert implausibility(0.1, False) == "relaxation did not converge"
 
 
 def test_csp_flow_per_candidate_run_locally_and_rerun(dao_env):

@@ -130,7 +130,9 @@ def result_table(result: Any, top: int | None = None) -> Table:
             "—" if p.dao_p_score is None else f"{p.dao_p_score:.3f}",
             p.source,
             p.candidate_id + (f" (+{len(p.duplicates)})" if p.duplicates else ""),
-            "ok" if p.relax_status == "converged" else "unconv.",
+            "ok"
+            if p.implausible is None
+            else ("unconv." if p.relax_status != "converged" else "implausible"),
         )
     return table
 
