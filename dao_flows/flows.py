@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from jobflow import Flow, Job, Maker
@@ -18,16 +18,22 @@ from jobflow.core.job import JobConfig
 from jobflow.core.reference import OnMissing
 from jobflow.utils import suid
 
-from dao_flows.generation import DAOGenerationMaker, default_guidance, validate_request
+from dao_flows.generation import (
+    DAOGenerationMaker,
+    default_guidance,
+    template_library,
+    validate_request,
+)
 from dao_flows.ranking import RankingMaker
 from dao_flows.relax import BatchedRelaxMaker, default_relax_maker
 
 RelaxMode = Literal["per-candidate", "batched"]
 
 
-def candidate_ids(n: int, n_random: int) -> list[str]:
+def candidate_ids(n: int, n_random: int, n_template: int = 0) -> list[str]:
     """Ids the generation job gives its candidates, known before it runs (for job names)."""
-    return [f"dao-g-{i:03d}" for i in range(n)] + [f"pyxtal-{i:03d}" for i in range(n_random)]
+    counts = {"dao-g": n, "pyxtal": n_random, "template": n_template}
+    return [f"{source}-{i:03d}" for source, k in counts.items() for i in range(k)]
 
 
 def _relax_settings(maker: Any) -> dict[str, Any]:
@@ -82,7 +88,10 @@ class DAOCSPMaker(Maker):
 
         gen_maker = self.generation_maker
         formula_units = formula_units if formula_units is not None else gen_maker.formula_units
-        validate_request(formula, gen_maker.n, gen_maker.n_random, formula_units)
+        atoms = validate_request(formula, gen_maker.n, gen_maker.n_random, formula_units)
+        if gen_maker.n_template:  # only as many template slots as templates fit
+            fits = template_library(gen_maker.templates).candidates(atoms, gen_maker.n_template)
+            gen_maker = replace(gen_maker, n_template=len(fits))
         if self.relax_mode not in ("per-candidate", "batched"):
             raise DAOInputError(
                 f"relax mode must be 'per-candidate' or 'batched', got {self.relax_mode!r}"
@@ -112,7 +121,7 @@ class DAOCSPMaker(Maker):
         else:
             relax_maker = self.relax_maker or default_relax_maker()
             outputs = []
-            ids = candidate_ids(gen_maker.n, gen_maker.n_random)
+            ids = candidate_ids(gen_maker.n, gen_maker.n_random, gen_maker.n_template)
             for i, cid in enumerate(ids):
                 # A reference into the generation document: static fan-out, so the whole
                 # graph (and every FireWorks firework) exists before anything runs.
@@ -147,6 +156,8 @@ def dao_csp_flow(
     *,
     n: int = 20,
     n_random: int = 40,
+    n_template: int = 20,
+    templates: str | None = None,
     steps: int | None = None,
     scale: float | None = None,
     formula_units: int | None = None,
@@ -167,7 +178,8 @@ def dao_csp_flow(
     """One-line CSP workflow for ``composition`` (see :class:`DAOCSPMaker`).
 
     ``n`` DAO-G samples (``steps`` diffusion steps, default the model's own; DAO-P guidance at
-    ``scale``) plus ``n_random`` pyxtal structures are relaxed (``relax="per-candidate"`` jobs
+    ``scale``), ``n_random`` pyxtal structures and ``n_template`` template substitutions (from
+    ``templates``, default the bundled library) are relaxed (``relax="per-candidate"`` jobs
     or one ``"batched"`` job; ``force_field``, ``fmax``, ``relax_steps``) and ranked. ``model``,
     ``guidance``, ``score_model`` accept bundled names or checkpoint paths; ``guidance=None``
     samples unguided and (unless ``score_model`` is given) skips DAO-P scores.
@@ -175,6 +187,8 @@ def dao_csp_flow(
     gen_kwargs: dict[str, Any] = dict(
         n=n,
         n_random=n_random,
+        n_template=n_template,
+        templates=templates,
         steps=steps,
         formula_units=formula_units,
         seed=seed,

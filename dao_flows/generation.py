@@ -8,6 +8,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from jobflow import Maker, job
@@ -16,6 +17,7 @@ from pymatgen.core import Composition, Element, Structure
 from dao_core.csp import DEFAULT_GENERATOR, DEFAULT_GUIDANCE, DEFAULT_SCALE
 from dao_flows.batched_fire import MAX_VOLUME_PER_ATOM, MIN_VOLUME_PER_ATOM
 from dao_flows.schemas import CandidateDoc, GenerationDoc, package_versions
+from dao_flows.templates import TemplateLibrary
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,12 @@ def cached_model(name_or_path: str, device: str | None = None):  # type: ignore[
             _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
         _MODEL_CACHE[key] = load_model(name_or_path, device=dev)
     return _MODEL_CACHE[key]
+
+
+@lru_cache(maxsize=2)
+def template_library(path: str | None) -> TemplateLibrary:
+    """The template library at ``path`` (``None``: the bundled one), loaded once per process."""
+    return TemplateLibrary.load(path)
 
 
 def validate_request(
@@ -160,6 +168,9 @@ class DAOGenerationMaker(Maker):
         Number of DAO-G samples.
     n_random
         Number of symmetry-aware random structures (pyxtal) ranked together with them.
+    n_template, templates
+        Number of template-substituted structures (dao_flows.templates) and their library: a
+        library ``.npz``, CDVAE CSV or CIF folder; ``None`` is the bundled Materials Project one.
     model, guidance
         DAO-G / DAO-P checkpoint (bundled name or path). ``guidance=None`` or ``scale=0``
         samples without energy guidance. Defaults honour ``$DAO_G_MODEL`` / ``$DAO_P_MODEL``.
@@ -170,6 +181,8 @@ class DAOGenerationMaker(Maker):
     name: str = "dao generate"
     n: int = 20
     n_random: int = 40  # random structures find what DAO-G misses (CsV3Sb5's kagome cell)
+    n_template: int = 20
+    templates: str | None = None
     model: str | None = None
     guidance: str | None = "default"
     scale: float = DEFAULT_SCALE
@@ -224,12 +237,21 @@ class DAOGenerationMaker(Maker):
                 raw.append(("pyxtal", structure, meta))
             timings["pyxtal_s"] = time.perf_counter() - t0
 
+        if self.n_template:
+            t0 = time.perf_counter()
+            found = template_library(self.templates).candidates(atoms, self.n_template)
+            raw += [("template", s, meta) for s, meta in found]
+            # Exactly n_template slots, so per-candidate flows can fan out before this runs.
+            missing = {"errors": [f"only {len(found)} template(s) fit this composition"]}
+            raw += [("template", None, missing)] * (self.n_template - len(found))
+            timings["template_s"] = time.perf_counter() - t0
+
         candidates: list[CandidateDoc] = []
         counters: Counter[str] = Counter()
         for index, (source, structure, meta) in enumerate(raw):
             issue, dmin, vpa = check_structure(structure)
             if structure is None and meta.get("errors"):
-                issue = f"pyxtal produced no structure ({', '.join(meta['errors'])})"
+                issue = f"{source} produced no structure ({', '.join(meta['errors'])})"
             candidates.append(
                 CandidateDoc(
                     candidate_id=f"{source}-{counters[source]:03d}",
@@ -252,6 +274,8 @@ class DAOGenerationMaker(Maker):
                 "seed": seed,
                 "pyxtal_seed": seed + 1 if self.n_random else None,
                 "n_random": self.n_random,
+                "n_template": self.n_template,
+                "templates": self.templates or "bundled (Materials Project)",
                 "checks": {
                     "min_distance": MIN_DISTANCE,
                     "volume_per_atom": [MIN_VOLUME_PER_ATOM, MAX_VOLUME_PER_ATOM],

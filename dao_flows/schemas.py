@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from pymatgen.core import Structure
 
-Source = Literal["dao-g", "pyxtal", "user"]
+Source = Literal["dao-g", "pyxtal", "template", "user"]
 
 # Packages whose versions go into every provenance block.
 _VERSIONED = (

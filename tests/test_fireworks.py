@@ -26,7 +26,9 @@ from dao_flows.testing import isolate_environment, nan_structure, single_threade
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SMALL = dict(n=1, n_random=3, steps=20, formula_units=2, seed=21, relax_steps=20, fmax=0.1)
+SMALL = dict(
+    n=1, n_random=3, n_template=0, steps=20, formula_units=2, seed=21, relax_steps=20, fmax=0.1
+)
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +79,8 @@ def test_dao_submit_then_rlaunch_executables(dao_env, tmp_path):
     env = {**os.environ, **dao_env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     submit = subprocess.run(
         [sys.executable, "-m", "dao_flows.cli"]
-        + "submit NaCl --relax batched --n 1 --n-random 2 --steps 20 --formula-units 2 --seed 3 "
-        "--relax-steps 20 --fmax 0.1 --device cpu".split(),
+        + "submit NaCl --relax batched --n 1 --n-random 2 --n-template 0 --steps 20 "
+        "--formula-units 2 --seed 3 --relax-steps 20 --fmax 0.1 --device cpu".split(),
         env=env,
         cwd=tmp_path,
         capture_output=True,

@@ -42,7 +42,9 @@ class EchoDFTMaker(Maker):
         return {"nsites": len(structure), "formula": structure.composition.reduced_formula}
 
 
-SMALL = dict(n=2, n_random=3, steps=20, formula_units=2, seed=11, relax_steps=25, fmax=0.1)
+SMALL = dict(
+    n=2, n_random=3, n_template=0, steps=20, formula_units=2, seed=11, relax_steps=25, fmax=0.1
+)
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +124,7 @@ def test_check_structure_flags_overlap_nan_and_collapse():
 
 
 def test_generation_maker_records_sources_and_provenance(dao_env):
-    maker = DAOGenerationMaker(n=2, n_random=2, steps=10, seed=3, scale=20.0)
+    maker = DAOGenerationMaker(n=2, n_random=2, n_template=2, steps=10, seed=3, scale=20.0)
     doc = maker.make.original(maker, "NaCl", 2)  # the job's function, run in-process
     assert isinstance(doc, GenerationDoc)
     assert [c.candidate_id for c in doc.candidates] == [
@@ -130,8 +132,13 @@ def test_generation_maker_records_sources_and_provenance(dao_env):
         "dao-g-001",
         "pyxtal-000",
         "pyxtal-001",
+        "template-000",
+        "template-001",
     ]
-    assert [c.source for c in doc.candidates] == ["dao-g", "dao-g", "pyxtal", "pyxtal"]
+    assert [c.source for c in doc.candidates] == ["dao-g"] * 2 + ["pyxtal"] * 2 + ["template"] * 2
+    rocksalt_template = doc.candidates[4]  # the closest template of NaCl is NaCl itself
+    assert rocksalt_template.metadata["template_formula"] == "NaCl"
+    assert rocksalt_template.metadata["supercell"] == 2 and rocksalt_template.valid
     assert doc.n_atoms == 4 and doc.reduced_formula == "NaCl"
     prov = doc.provenance
     assert prov["seed"] == 3 and prov["steps"] == 10 and prov["pyxtal_seed"] == 4
@@ -344,6 +351,31 @@ def test_failed_relaxation_job_does_not_take_the_run_down(dao_env):
             assert store.query_one({"uuid": other.uuid}) is not None, other.name
 
 
+def test_template_slots_match_the_fitting_templates(dao_env, tmp_path):
+    """Per-candidate flows fan out before generation runs: the flow asks the library how many
+    templates fit and makes exactly that many template slots (6 asked; 4 fit here: two
+    templates, each with both ways of putting Na and Cl on its sites); template candidates are
+    relaxed and ranked with the others."""
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    rocksalt().to(filename=str(folder / "NaCl.cif"))
+    Structure(Lattice.cubic(3.4), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(
+        filename=str(folder / "CsCl.cif")
+    )
+    options = {**SMALL, "n_random": 0, "n_template": 6, "templates": str(folder)}
+    flow = dao_csp_flow("NaCl", **options)
+    relax_names = [j.name for j in flow.jobs if "template" in j.name]
+    assert len(relax_names) == 4
+    store = get_store()
+    run_locally(flow, store=store, log=False)
+    result = get_result(run_uuid=flow.uuid, store=store)
+    assert result.n_candidates == SMALL["n"] + 4
+    sources = {p.source for p in result.polymorphs}
+    assert "template" in sources
+    best_template = next(p for p in result.polymorphs if p.source == "template")
+    assert best_template.spacegroup_number in (221, 225)  # CsCl or rocksalt type
+
+
 def test_csp_flow_batched_and_rerun(dao_env):
     store = get_store()
     flow = dao_csp_flow("NaCl", relax="batched", **SMALL)
@@ -412,12 +444,12 @@ def test_cli_csp_query_export(dao_env, tmp_path):
     out = tmp_path / "csp_out"
     res = runner.invoke(
         app,
-        "csp NaCl --n 1 --n-random 2 --steps 10 --formula-units 2 --seed 5 --relax-steps 20 "
-        "--fmax 0.1 --device cpu".split()
+        "csp NaCl --n 1 --n-random 2 --n-template 1 --steps 10 --formula-units 2 --seed 5 "
+        "--relax-steps 20 --fmax 0.1 --device cpu".split()
         + ["--out", str(out)],
     )
     assert res.exit_code == 0, res.output
-    assert "unique / 3 candidates" in res.output and "meV/atom" in res.output
+    assert "unique / 4 candidates" in res.output and "meV/atom" in res.output
     assert "#225" in res.output or "pyxtal" in res.output
     assert (out / "energy_ranking.png").stat().st_size > 1000
     cifs = sorted(out.glob("rank*.cif"))
@@ -425,7 +457,7 @@ def test_cli_csp_query_export(dao_env, tmp_path):
 
     res = runner.invoke(app, ["query", "NaCl"])
     assert res.exit_code == 0, res.output
-    assert "unique / 3 candidates" in res.output and "1 run(s) for NaCl" in res.output
+    assert "unique / 4 candidates" in res.output and "1 run(s) for NaCl" in res.output
     res = runner.invoke(app, ["query", "--runs"])
     assert res.exit_code == 0 and "NaCl" in res.output
     res = runner.invoke(

@@ -14,8 +14,9 @@ from dao_flows.testing import isolate_environment
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = (
-    "--n 1 --n-random 2 --steps 10 --formula-units 2 --seed 4 --relax-steps 15 --fmax 0.1".split()
-)
+    "--n 1 --n-random 2 --n-template 0 --steps 10 --formula-units 2 --seed 4 "
+    "--relax-steps 15 --fmax 0.1"
+).split()
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="DAO CSP for several formulas in one flow")
     ap.add_argument("formulas", nargs="*", default=["NaCl", "MgO", "KBr"])
     ap.add_argument("--n", type=int, default=10)
-    ap.add_argument("--n-random", type=int, default=0)
+    ap.add_argument("--n-random", type=int, default=40)
+    ap.add_argument("--n-template", type=int, default=20, help="template substitutions")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--formula-units", type=int, default=None)
     ap.add_argument("--seed", type=int, default=None)
@@ -32,6 +33,7 @@ def main() -> None:
         args.formulas,
         n=args.n,
         n_random=args.n_random,
+        n_template=args.n_template,
         steps=args.steps,
         formula_units=args.formula_units,
         seed=args.seed,

@@ -24,7 +24,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="DAO CSP through FireWorks")
     ap.add_argument("formula", nargs="?", default="CsV3Sb5")
     ap.add_argument("--n", type=int, default=20)
-    ap.add_argument("--n-random", type=int, default=0)
+    ap.add_argument("--n-random", type=int, default=40)
+    ap.add_argument("--n-template", type=int, default=20, help="template substitutions")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--formula-units", type=int, default=None)
     ap.add_argument("--seed", type=int, default=None)
@@ -40,6 +41,7 @@ def main() -> None:
         args.formula,
         n=args.n,
         n_random=args.n_random,
+        n_template=args.n_template,
         steps=args.steps,
         formula_units=args.formula_units,
         seed=args.seed,

@@ -22,7 +22,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="DAO CSP with jobflow's run_locally")
     ap.add_argument("formula", nargs="?", default="CsV3Sb5")
     ap.add_argument("--n", type=int, default=20, help="DAO-G candidates")
-    ap.add_argument("--n-random", type=int, default=0, help="extra pyxtal candidates")
+    ap.add_argument("--n-random", type=int, default=40, help="extra pyxtal candidates")
+    ap.add_argument("--n-template", type=int, default=20, help="template substitutions")
     ap.add_argument("--steps", type=int, help="diffusion steps (default: the model's own)")
     ap.add_argument("--formula-units", type=int, default=None)
     ap.add_argument("--seed", type=int, default=None)
@@ -37,6 +38,7 @@ def main() -> None:
         args.formula,
         n=args.n,
         n_random=args.n_random,
+        n_template=args.n_template,
         steps=args.steps,
         formula_units=args.formula_units,
         seed=args.seed,

@@ -45,6 +45,8 @@ def input_errors_exit(func):  # type: ignore[no-untyped-def]
 def _flow_options(
     n: int,
     n_random: int,
+    n_template: int,
+    templates: str | None,
     steps: int | None,
     scale: float | None,
     formula_units: int | None,
@@ -65,6 +67,8 @@ def _flow_options(
     opts: dict[str, Any] = dict(
         n=n,
         n_random=n_random,
+        n_template=n_template,
+        templates=templates,
         steps=steps,
         scale=scale,
         formula_units=formula_units,
@@ -84,7 +88,11 @@ def _flow_options(
 
 # Options shared by `dao csp` and `dao submit`.
 N = Annotated[int, typer.Option("--n", "-n", help="DAO-G candidates")]
-NRandom = Annotated[int, typer.Option(help="extra pyxtal random candidates, ranked together")]
+NRandom = Annotated[int, typer.Option(help="pyxtal random candidates, ranked together")]
+NTemplate = Annotated[int, typer.Option(help="template-substitution candidates")]
+Templates = Annotated[
+    str | None, typer.Option(help="template library: .npz, CDVAE CSV or CIF folder (default: MP)")
+]
 Steps = Annotated[
     int | None, typer.Option(help="diffusion sampling steps (default: the model's own)")
 ]
@@ -150,6 +158,8 @@ def csp(
     formula: Annotated[str, typer.Argument(help="composition, e.g. CsV3Sb5")],
     n: N = 20,
     n_random: NRandom = 40,
+    n_template: NTemplate = 20,
+    templates: Templates = None,
     steps: Steps = None,
     scale: Scale = None,
     formula_units: FormulaUnits = None,
@@ -182,6 +192,8 @@ def csp(
     opts = _flow_options(
         n,
         n_random,
+        n_template,
+        templates,
         steps,
         scale,
         formula_units,
@@ -285,6 +297,8 @@ def submit(
     launch_dir: Annotated[Path | None, typer.Option(help="where rapidfire runs jobs")] = None,
     n: N = 20,
     n_random: NRandom = 40,
+    n_template: NTemplate = 20,
+    templates: Templates = None,
     steps: Steps = None,
     scale: Scale = None,
     formula_units: FormulaUnits = None,
@@ -311,6 +325,8 @@ def submit(
     opts = _flow_options(
         n,
         n_random,
+        n_template,
+        templates,
         steps,
         scale,
         formula_units,
