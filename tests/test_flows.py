@@ -472,3 +472,21 @@ def test_cli_csp_query_export(dao_env, tmp_path):
     assert res.exit_code == 2 and "at least 1" in res.output
     res = runner.invoke(app, ["query", "KBr"])
     assert res.exit_code == 1
+
+
+def test_benchmark_csp_counts_a_template_hit_against_the_relaxed_reference(dao_env):
+    """The end-to-end benchmark on rocksalt NaCl (8-atom conventional cell): the bundled
+    library's rocksalt templates, relaxed and ranked first, match the CHGNet-relaxed reference
+    at both tolerances; the summary counts the hit by its source."""
+    from dao_core.data import CrystalRecord
+    from dao_flows.benchmark_csp import cell_formula, run_benchmark_csp
+
+    record = CrystalRecord.from_structure(rocksalt(5.5), material_id="nacl")
+    assert cell_formula(record) == "Na4Cl4"
+    options = dict(n=1, n_random=1, n_template=2, steps=10, seed=0, fmax=0.1)
+    (row,), summary = run_benchmark_csp([record], options, top=5)
+    assert row.error is None and row.n_atoms == 8
+    assert row.hit_rank["diffcsp"] == 1 and row.hit_rank["cspbench"] == 1
+    assert row.hit_source["diffcsp"] == "template"
+    assert abs(row.e_best_minus_reference_meV) < 5  # the same structure, relaxed alike
+    assert summary["top1_diffcsp"] == 1.0 and summary["top1_by_source_cspbench"] == {"template": 1}

@@ -27,4 +27,4 @@ def main(
     configure_cpu_threads()
 
 
-from dao_flows.cli import flows, models  # noqa: E402,F401  (register their commands)
+from dao_flows.cli import benchmark_csp, flows, models  # noqa: E402,F401  (register commands)

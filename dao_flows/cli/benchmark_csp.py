@@ -1,0 +1,76 @@
+"""`dao benchmark-csp`: the end-to-end CSP benchmark (dao_flows.benchmark_csp)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from dao_flows.cli import app
+from dao_flows.cli.flows import (
+    Device,
+    N,
+    NRandom,
+    NTemplate,
+    Seed,
+    Templates,
+    console,
+    input_errors_exit,
+)
+
+
+@app.command("benchmark-csp")
+@input_errors_exit
+def benchmark_csp(
+    data: Annotated[Path, typer.Option(help="reference structures (CDVAE-layout CSV)")],
+    n: N = 20,
+    n_random: NRandom = 40,
+    n_template: NTemplate = 20,
+    templates: Templates = None,
+    split: Annotated[
+        Path | None, typer.Option(help="only the 'val' ids of this split JSON")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="first N crystals only")] = None,
+    seed: Seed = 0,
+    device: Device = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write rows + summary")] = None,
+) -> None:
+    """Pool -> relaxation -> ranking per composition of DATA; top-1/top-5 success against the
+    relaxed reference, by source, with time per composition."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from dao_core.data import load_csv, load_split
+    from dao_flows.benchmark_csp import run_benchmark_csp, summarise, to_json
+
+    records = load_csv(data)
+    if split is not None:
+        keep = set(load_split(split)["val"])
+        records = [r for r in records if r.material_id in keep] or records
+    records = records[:limit] if limit else records
+    options = dict(n=n, n_random=n_random, n_template=n_template, templates=templates,
+                   seed=seed, device=device)  # fmt: skip
+    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:  # fmt: skip
+        task = bar.add_task("compositions", total=len(records))
+        rows, summary = run_benchmark_csp(
+            records, options, progress=lambda row: bar.update(task, advance=1,
+                                                              description=row.formula),
+        )  # fmt: skip
+    table = Table("tolerance", "top-1", "top-5", "top-1 by source")
+    for name in ("diffcsp", "cspbench"):
+        by_source = summary[f"top1_by_source_{name}"]
+        table.add_row(
+            name, f"{100 * summary[f'top1_{name}']:.1f} %",
+            f"{100 * summary[f'top5_{name}']:.1f} %",
+            ", ".join(f"{k} {v}" for k, v in by_source.items()) or "-",
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"{summary['compositions']} compositions, {summary['errors']} failed, "
+        f"median {summary['median_seconds']:.0f} s each"
+    )
+    if json_out:
+        json_out.write_text(json.dumps(to_json(rows, summarise(rows), options), indent=1))
