@@ -163,9 +163,6 @@ class StepTable(NamedTuple):
         "l_noise",  # temperature * sqrt(l_var)
     )
 
-    def column(self, row: torch.Tensor, name: str) -> torch.Tensor:
-        return row[..., self.COLUMNS.index(name)]
-
 
 def step_table(
     schedule: DiffusionSchedule, steps: int, settings: SamplerSettings, device: torch.device
