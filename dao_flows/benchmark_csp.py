@@ -49,31 +49,21 @@ def cell_formula(record: CrystalRecord) -> str:
 
 
 def run_case(record: CrystalRecord, options: dict[str, Any], top: int) -> CSPBenchmarkRow:
-    from jobflow import JobStore
-    from maggma.stores import MemoryStore
-
     from dao_flows.batched_fire import batched_fire_relax
-    from dao_flows.flows import dao_csp_flow
-    from dao_flows.local import run_flow
-    from dao_flows.schemas import CSPResultDoc
+    from dao_flows.flows import dao_csp_flow, run_in_memory
 
     formula = cell_formula(record)
     row = CSPBenchmarkRow(record.material_id, formula, record.num_atoms, 0.0)
     started = time.perf_counter()
     try:
-        store = JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
-        result = run_flow(dao_csp_flow(formula, relax="batched", **options), store=store)
-        if isinstance(result, dict):
-            result = CSPResultDoc.model_validate(result)
-        if result is None or not result.polymorphs:
-            raise RuntimeError("no ranked structure")
+        result = run_in_memory(dao_csp_flow(formula, relax="batched", **options))
         (reference,), _ = batched_fire_relax(
             [record.to_structure()], _chgnet(options.get("device")), fmax=options.get("fmax", 0.05)
         )
         polymorphs = result.polymorphs[:top]
+        target: Structure = reference.structure or record.to_structure()
         for name, tolerance in TOLERANCES.items():
             matcher = StructureMatcher(**tolerance)
-            target: Structure = reference.structure or record.to_structure()
             hit = next((p for p in polymorphs if _fits(matcher, p.structure, target)), None)
             row.hit_rank[name] = hit.rank if hit else None
             row.hit_source[name] = hit.source if hit else None

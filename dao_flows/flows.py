@@ -232,7 +232,10 @@ def dao_csp_batch_flow(formulas: list[str], **options: Any) -> Flow:
         raise DAOInputError("no formulas given")
     for formula in formulas:  # fail fast, before building anything
         validate_request(
-            formula, options.get("n", 20), options.get("n_random", 0), options.get("formula_units")
+            formula,
+            options.get("n", DAOGenerationMaker.n),
+            options.get("n_random", DAOGenerationMaker.n_random),
+            options.get("formula_units"),
         )
     subflows = [dao_csp_flow(f, **options) for f in formulas]
     return Flow(
@@ -248,19 +251,24 @@ def run_dao_side(formula: str, **options: Any) -> tuple[Any, float]:
     """
     import time
 
+    options = {"n": 8, "relax": "batched", **options}
+    started = time.perf_counter()
+    result = run_in_memory(dao_csp_flow(formula, **options))
+    return result.polymorphs[0].structure, time.perf_counter() - started
+
+
+def run_in_memory(flow: Flow) -> Any:
+    """Run a CSP flow in this process on an in-memory store; its :class:`CSPResultDoc`."""
     from jobflow import JobStore
     from maggma.stores import MemoryStore
 
     from dao_flows.local import run_flow
     from dao_flows.schemas import CSPResultDoc
 
-    options = {"n": 8, "relax": "batched", **options}
-    started = time.perf_counter()
     store = JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
-    result = run_flow(dao_csp_flow(formula, **options), store=store)
-    seconds = time.perf_counter() - started
+    result = run_flow(flow, store=store)
     if isinstance(result, dict):
         result = CSPResultDoc.model_validate(result)
     if result is None or not result.polymorphs:
-        raise RuntimeError(f"the DAO flow for {formula} produced no ranked structure")
-    return result.polymorphs[0].structure, seconds
+        raise RuntimeError(f"the flow {flow.name!r} produced no ranked structure")
+    return result

@@ -43,7 +43,7 @@ def benchmark_csp(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from dao_core.data import load_csv, load_split
-    from dao_flows.benchmark_csp import run_benchmark_csp, summarise, to_json
+    from dao_flows.benchmark_csp import run_benchmark_csp, to_json
 
     records = load_csv(data)
     if split is not None:
@@ -73,4 +73,4 @@ def benchmark_csp(
         f"median {summary['median_seconds']:.0f} s each"
     )
     if json_out:
-        json_out.write_text(json.dumps(to_json(rows, summarise(rows), options), indent=1))
+        json_out.write_text(json.dumps(to_json(rows, summary, options), indent=1))
