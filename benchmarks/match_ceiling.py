@@ -41,14 +41,15 @@ def main() -> None:
     args = parser.parse_args()
 
     split = load_split(args.split)
-    train_ids, val_ids = set(split["train"]), set(split["val"])
+    val_ids = set(split["val"])
+    train_ids = set(split["train"]) if "train" in split else None  # None: all but val
     records = load_csv(args.data, canonical=False)
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: {"train": [], "val": []})
     for r in records:
         key = tuple(sorted(r.atomic_numbers.tolist()))
         if r.material_id in val_ids:
             groups[key]["val"].append(r.to_structure())
-        elif r.material_id in train_ids:
+        elif train_ids is None or r.material_id in train_ids:
             groups[key]["train"].append(r.to_structure())
     n_val = sum(len(g["val"]) for g in groups.values())
 

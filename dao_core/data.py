@@ -228,14 +228,18 @@ def _parse_all(cifs: list[Any], canonical: bool, workers: int | None = None) -> 
     return [p for part in parts for p in part]
 
 
-def _save_cache(path: Path, records: list[CrystalRecord]) -> None:
+def save_records(
+    path: str | Path, records: Sequence[CrystalRecord], label: str | None = None
+) -> Path:
+    """Write records as one compressed ``.npz`` (the cache format, and ``dao preprocess``'s
+    output): the 80k-structure MP file takes 8.5 MB, small enough to travel to a GPU machine.
+    ``label`` names the energy column the records were read with."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     counts = np.array([r.num_atoms for r in records], dtype=np.int64)
     has_energy = np.array([r.energy is not None for r in records], dtype=bool)
     arrays = {
         "num_atoms": counts,
-        # uint8 atomic numbers and compression: the 80k-structure MP file caches in 13 MB,
-        # small enough to travel to a GPU machine with the code.
         "atomic_numbers": np.concatenate([r.atomic_numbers for r in records]).astype(np.uint8)
         if records
         else np.zeros(0, np.uint8),
@@ -244,14 +248,24 @@ def _save_cache(path: Path, records: list[CrystalRecord]) -> None:
         "energy": np.array([np.nan if r.energy is None else r.energy for r in records], "f8"),
         "has_energy": has_energy,
         "material_id": np.array([r.material_id for r in records], dtype=str),
+        "label": np.array(label or ""),
     }
     # Write-then-rename: concurrent DDP ranks never read a half-written cache.
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
+    return path
 
 
-def _load_cache(path: Path) -> list[CrystalRecord]:
+def records_label(path: str | Path) -> str | None:
+    """The energy column a file written by :func:`save_records` was read with (None: none)."""
+    with np.load(path, allow_pickle=False) as z:
+        stored = str(z["label"]) if "label" in z else ""
+    return stored or None
+
+
+def load_records(path: str | Path) -> list[CrystalRecord]:
+    """Records of a file written by :func:`save_records`."""
     with np.load(path, allow_pickle=False) as z:
         counts = z["num_atoms"]
         all_numbers = z["atomic_numbers"].astype(np.int64)
@@ -279,7 +293,8 @@ def load_csv(
     max_atoms: int = MAX_ATOMS,
     workers: int | None = None,
 ) -> list[CrystalRecord]:
-    """Records of a CDVAE-layout CSV (``cif`` column; ``material_id`` if present).
+    """Records of a CDVAE-layout CSV (``cif`` column; ``material_id`` if present), or of a
+    ``.npz`` written by ``dao preprocess`` (:func:`save_records`; its label is fixed).
 
     ``label`` names the energy column: rows where it is missing are dropped (and logged).
     Crystals with more than ``max_atoms`` atoms are dropped (and logged). The result is cached
@@ -290,6 +305,8 @@ def load_csv(
     path = Path(path)
     if not path.is_file():
         raise DAOInputError(f"data file {str(path)!r} does not exist or is not a file")
+    if path.suffix == ".npz":
+        return _load_preprocessed(path, label, max_atoms)
     try:
         digest = _sha256(path)
     except OSError as exc:
@@ -300,7 +317,7 @@ def load_csv(
     cache_path = Path(cache_dir or default_cache_dir()) / f"{path.stem}-{key}.npz"
     if use_cache and cache_path.is_file():
         try:
-            records = _load_cache(cache_path)
+            records = load_records(cache_path)
             log.info("%s: %d records from cache %s", path, len(records), cache_path)
             return records
         except Exception as exc:  # a corrupt cache is rebuilt, never fatal
@@ -355,11 +372,29 @@ def load_csv(
         log.warning("%s: dropped %d crystals with more than %d atoms", path, too_big, max_atoms)
     if use_cache:
         try:
-            _save_cache(cache_path, records)
+            save_records(cache_path, records, label)
         except OSError as exc:  # read-only home etc.: loading still works, just uncached
             log.warning("could not write cache %s: %s", cache_path, exc)
     log.info("%s: %d records", path, len(records))
     return records
+
+
+def _load_preprocessed(path: Path, label: str | None, max_atoms: int) -> list[CrystalRecord]:
+    try:
+        stored = records_label(path)
+        records = load_records(path)
+    except Exception as exc:  # not an npz, or not one of ours
+        raise DAOInputError(f"cannot read preprocessed data file {str(path)!r}: {exc}") from exc
+    if label is not None and label != stored:
+        raise DAOInputError(
+            f"preprocessed data file {str(path)!r} holds the label {stored!r}, not {label!r} "
+            "(labels are chosen at `dao preprocess`)"
+        )
+    kept = [r for r in records if r.num_atoms <= max_atoms]
+    if len(kept) < len(records):
+        log.warning("%s: dropped %d crystals with more than %d atoms", path,
+                    len(records) - len(kept), max_atoms)  # fmt: skip
+    return kept
 
 
 def load_many(
@@ -598,33 +633,55 @@ def _plain(ids: Sequence[Any] | np.ndarray) -> list[Any]:
 
 def save_split(
     path: str | Path,
-    ids_train: Sequence[Any] | np.ndarray,
+    ids_train: Sequence[Any] | np.ndarray | None,
     ids_val: Sequence[Any] | np.ndarray,
     seed: int,
     source: str | Sequence[str],
+    val_sets: Mapping[str, Sequence[Any]] | None = None,
 ) -> Path:
-    """Write a split (material ids or row indices) as JSON so it can be committed."""
+    """Write a split (material ids or row indices) as JSON so it can be committed.
+
+    ``ids_train=None`` records only the held-out ids: everything else in ``source`` trains
+    (compact for large corpora). ``val_sets`` names subsets of the validation ids.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
+    doc: dict[str, Any] = {
         "seed": int(seed),
         "source": source if isinstance(source, str) else list(source),
-        "n_train": len(ids_train),
         "n_val": len(ids_val),
-        "train": _plain(ids_train),
-        "val": _plain(ids_val),
     }
+    if ids_train is not None:
+        doc |= {"n_train": len(ids_train), "train": _plain(ids_train)}
+    doc["val"] = _plain(ids_val)
+    if val_sets:
+        doc["val_sets"] = {k: _plain(v) for k, v in val_sets.items()}
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
 
 
 def load_split(path: str | Path) -> dict[str, Any]:
-    """The dict written by :func:`save_split` (keys seed, source, train, val, ...)."""
+    """The dict written by :func:`save_split` (keys seed, source, val, and train if recorded)."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DAOInputError(f"cannot read split file {str(path)!r}: {exc}") from exc
-    if not isinstance(doc, dict) or not {"train", "val"} <= doc.keys():
-        raise DAOInputError(f"split file {str(path)!r} lacks 'train'/'val' lists")
+    if not isinstance(doc, dict) or not isinstance(doc.get("val"), list):
+        raise DAOInputError(f"split file {str(path)!r} lacks a 'val' list")
     return doc
+
+
+def held_out_ids(spec: str | Path) -> set[Any]:
+    """The validation ids of a split file, or of one named subset: ``split.json[:NAME]``."""
+    path, _, name = str(spec).partition(":")
+    doc = load_split(path)
+    if not name:
+        return set(doc["val"])
+    sets = doc.get("val_sets", {})
+    if name not in sets:
+        raise DAOInputError(
+            f"split file {path!r} has no validation set {name!r} "
+            f"(it has: {', '.join(sorted(sets)) or 'none'})"
+        )
+    return set(sets[name])

@@ -245,7 +245,10 @@ def train(
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.kind == "dao-g",  # DAO-G never uses the energy head
         )
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+        fused=device.type == "cuda",  # one kernel for all parameters
+    )  # fmt: skip
     step, epoch, history, trained_s = 0, 0, [], 0.0
     if resume:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -276,9 +279,11 @@ def train(
 
     def elapsed() -> float:
         """Training seconds so far, the same on every rank (the schedule depends on it)."""
-        value = torch.tensor([trained_s + time.perf_counter() - started], device=device)
-        if world > 1:
-            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        seconds = trained_s + time.perf_counter() - started
+        if world == 1:  # no device tensor: a .item() per step would stall the GPU queue
+            return seconds
+        value = torch.tensor([seconds], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return float(value.item())
 
     done = progress(step, trained_s, cfg)

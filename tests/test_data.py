@@ -18,12 +18,15 @@ from dao_core.data import (
     CrystalRecord,
     bucketed_batches,
     canonicalize,
+    held_out_ids,
     load_csv,
     load_many,
     load_split,
     parse_composition,
     record_from_structure,
+    records_label,
     right_handed_structure,
+    save_records,
     save_split,
     split_records,
 )
@@ -229,6 +232,17 @@ def test_split_is_deterministic_and_recorded(tmp_path: Path) -> None:
         load_split(tmp_path / "bad.json")
 
 
+def test_split_of_held_out_ids_with_named_subsets(tmp_path: Path) -> None:
+    path = save_split(tmp_path / "s.json", None, ["a", "b", "c"], 0, ["x.csv"],
+                      val_sets={"stable": ["a"], "rest": ["b", "c"]})  # fmt: skip
+    doc = load_split(path)
+    assert "train" not in doc and doc["n_val"] == 3
+    assert held_out_ids(path) == {"a", "b", "c"}
+    assert held_out_ids(f"{path}:rest") == {"b", "c"}
+    with pytest.raises(DAOInputError, match="no validation set 'other'.*rest, stable"):
+        held_out_ids(f"{path}:other")
+
+
 # --- CSV loading --------------------------------------------------------------------------------
 
 
@@ -270,6 +284,26 @@ def test_load_csv_labels_dropping_and_limits(tmp_path: Path) -> None:
     assert len(load_csv(path, cache_dir="", max_atoms=200)) == 3
     both = load_many([path, path], label_map={"mixed.csv": "e"}, cache_dir="")
     assert list(both) == [str(path)] and len(both[str(path)]) == 1
+
+
+def test_preprocessed_file_round_trip_and_label(tmp_path: Path) -> None:
+    small, big = skewed().to(fmt="cif"), (skewed() * (3, 3, 4)).to(fmt="cif")  # 108 atoms
+    path = tmp_path / "mixed.csv"
+    _write_csv(path, [small, big, small], [0.5, 1.0, float("nan")])
+    records = load_csv(path, "e", cache_dir="", max_atoms=200)
+    packed = save_records(tmp_path / "mixed.npz", records, "e")
+    assert records_label(packed) == "e"
+    again = load_csv(packed, max_atoms=200)
+    assert [r.material_id for r in again] == ["t-0", "t-1"]
+    for a, b in zip(records, again, strict=True):
+        assert a.energy == b.energy and np.array_equal(a.frac, b.frac)
+        assert np.array_equal(a.atomic_numbers, b.atomic_numbers)
+    assert [r.material_id for r in load_csv(packed, "e")] == ["t-0"]  # max_atoms applies
+    with pytest.raises(DAOInputError, match="holds the label 'e', not 'other'"):
+        load_csv(packed, "other")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DAOInputError, match="junk.npz"):
+        load_csv(tmp_path / "junk.npz")
 
 
 def test_load_csv_mp20_val_and_cache(datasets_dir: Path, tmp_path: Path) -> None:

@@ -142,3 +142,37 @@ def test_descriptor_model_round_trips(tmp_path: Path) -> None:
         assert torch.equal(model(*args).coord, loaded(*args).coord)
     half = load_model(tmp_path / "fp16", device="cpu")
     assert torch.equal(half.net.element.table, model.net.element.table)  # fp16-exact table
+
+
+def test_cli_preprocess_then_train_with_a_recorded_split(tmp_path: Path) -> None:
+    """`dao preprocess` packs a CSV once; `dao train` reads the .npz, holding out split ids."""
+    import pandas as pd
+    from pymatgen.core import Lattice, Structure
+    from typer.testing import CliRunner
+
+    from dao_core.data import save_split
+    from dao_flows.cli import app
+
+    cells = [Structure(Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+             for a in (3.0, 3.1, 3.2, 3.3)]  # fmt: skip
+    csv = tmp_path / "toy.csv"
+    frame = {"material_id": [f"t-{i}" for i in range(4)],
+             "cif": [c.to(fmt="cif") for c in cells], "e": [0.1, 0.2, 0.3, 0.4]}  # fmt: skip
+    pd.DataFrame(frame).to_csv(csv)
+    runner = CliRunner()
+    packed = tmp_path / "toy.npz"
+    result = runner.invoke(app, ["preprocess", f"{csv}:e", "--out", str(packed)])
+    assert result.exit_code == 0, result.output
+    assert "4 structures" in result.output
+    split = save_split(tmp_path / "split.json", None, ["t-3"], 0, [str(csv)])
+    out = tmp_path / "run"
+    args = ["train", "--model", "dao-p", "--preset", "tiny", "--data", str(packed),
+            "--split", str(split), "--steps", "2", "--batch-size", "2", "--warmup", "1",
+            "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "3 training / 1 validation" in result.output
+    config = json.loads((out / "final" / "config.json").read_text())
+    assert config["energy_label"]["name"] == "e"  # the label stored at preprocessing
+    bad = runner.invoke(app, ["preprocess", str(csv), "--out", str(tmp_path / "x.csv")])
+    assert bad.exit_code != 0 and ".npz" in bad.output

@@ -31,7 +31,8 @@ def benchmark_csp(
     n_template: NTemplate = 20,
     templates: Templates = None,
     split: Annotated[
-        Path | None, typer.Option(help="only the 'val' ids of this split JSON")
+        str | None,
+        typer.Option(help="only the 'val' ids of this split JSON (SPLIT:NAME: a subset)"),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="first N crystals only")] = None,
     seed: Seed = 0,
@@ -42,12 +43,12 @@ def benchmark_csp(
     relaxed reference, by source, with time per composition."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from dao_core.data import load_csv, load_split
+    from dao_core.data import held_out_ids, load_csv
     from dao_flows.benchmark_csp import run_benchmark_csp, to_json
 
     records = load_csv(data)
     if split is not None:
-        keep = set(load_split(split)["val"])
+        keep = held_out_ids(split)
         records = [r for r in records if r.material_id in keep] or records
     records = records[:limit] if limit else records
     options = dict(n=n, n_random=n_random, n_template=n_template, templates=templates,

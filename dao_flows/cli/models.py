@@ -20,10 +20,14 @@ console = Console()
 
 
 def _datasets(spec: str) -> list[tuple[Path, str | None]]:
-    """``a.csv:label,b.csv`` -> [(a.csv, 'label'), (b.csv, None)]."""
+    """``a.csv:label,b.csv,c.npz`` -> [(a.csv, 'label'), (b.csv, None), (c.npz, its label)]."""
+    from dao_core.data import records_label
+
     out = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         path, _, label = item.partition(":")
+        if not label and path.endswith(".npz") and Path(path).is_file():
+            label = records_label(path) or ""
         out.append((Path(path), label or None))
     if not out:
         raise typer.BadParameter("no CSV given", param_hint="--data")
@@ -109,6 +113,26 @@ def train(
     console.print(f"{len(train_records)} training / {len(val_records)} validation structures")
     run_training(cfg, train_records, val_records)
     console.print(f"checkpoints in {out}")
+
+
+@app.command()
+@input_errors_exit
+def preprocess(
+    data: Annotated[str, typer.Argument(help="CSV[:label_column] in CDVAE layout")],
+    out: Annotated[Path, typer.Option(help=".npz to write (use it wherever a CSV is taken)")],
+    max_atoms: Annotated[int, typer.Option(help="drop larger crystals")] = 100,
+) -> None:
+    """Parse and canonicalise a CSV once into a compact file for training elsewhere."""
+    from dao_core.data import load_csv, save_records
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    ((path, label),) = _datasets(data)
+    if out.suffix != ".npz":
+        raise typer.BadParameter("the output must end in .npz", param_hint="--out")
+    records = load_csv(path, label, max_atoms=max_atoms, cache_dir="")
+    save_records(out, records, label)
+    size = out.stat().st_size / 2**20
+    console.print(f"{len(records)} structures -> {out} ({size:.1f} MiB)")
 
 
 @app.command("relax-dataset")
@@ -197,7 +221,8 @@ def benchmark(
     step_lr: StepLr = None,
     temperature: Temperature = None,
     split: Annotated[
-        Path | None, typer.Option(help="evaluate only the 'val' ids of this split JSON")
+        str | None,
+        typer.Option(help="evaluate only the 'val' ids of this split JSON (SPLIT:NAME: a subset)"),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="first N crystals only")] = None,
     batch_size: int = 1024,
@@ -211,14 +236,14 @@ def benchmark(
     """CSP benchmark under the DiffCSP protocol: match rate, RMSE, validity, throughput."""
     from dao_core.benchmark import run_benchmark
     from dao_core.checkpoint import load_model
-    from dao_core.data import load_csv, load_split
+    from dao_core.data import held_out_ids, load_csv
 
     generator = load_model(model, device=device)
     guide = load_model(guidance, device=device) if guidance and scale > 0 else None
     sampling = replace(generator.sampling, **_sampler_overrides(step_lr, temperature))
     records = load_csv(data)
     if split is not None:
-        keep = set(load_split(split)["val"])
+        keep = held_out_ids(split)
         records = [r for r in records if r.material_id in keep]
     records = records[:limit] if limit else records
     with Progress(

@@ -1,0 +1,88 @@
+"""Match rates of DAO-G checkpoints on the recorded validation sets (the training log's table).
+
+    python benchmarks/validation_suite.py --split docs/data/split-mp2025-seed0.json \
+        --model base=dao-g-base --model new=runs/dao-g/final \
+        --set mp20like=$DAO_DATASETS/mp_2025/le20.csv.gz:mp20like \
+        --set perov5=$DAO_DATASETS/perov_5/val.csv --set carbon24=$DAO_DATASETS/carbon_24/val.csv \
+        --samples 1,20 --seeds 0 --out val.csv
+
+A set is NAME=DATA[:SUBSET]: the split's validation ids in DATA (a CSV or a ``dao preprocess``
+file), or only those of its named subset (``val_sets`` in the split file). Every model samples
+at its own default steps and sampler settings. One row per (model, set, samples, seed) is
+appended to ``--out`` as it is measured; a table of all rows is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from dao_core.benchmark import run_benchmark
+from dao_core.checkpoint import load_model
+from dao_core.data import held_out_ids, load_csv
+
+FIELDS = ["model", "set", "crystals", "samples", "seed", "steps", "match_rate", "rmse",
+          "valid_fraction", "sampling_s", "matching_s", "device"]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", required=True, help="NAME=CHECKPOINT")
+    parser.add_argument("--set", action="append", required=True, help="NAME=DATA[:SUBSET]")
+    parser.add_argument("--split", required=True, type=Path)
+    parser.add_argument("--samples", default="1")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--limit", type=int, help="first N crystals of each set")
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--out", type=Path, default=Path("validation.csv"))
+    args = parser.parse_args()
+
+    sets = {}
+    for spec in args.set:
+        name, data = spec.split("=", 1)
+        path, _, subset = data.partition(":")
+        keep = held_out_ids(f"{args.split}:{subset}" if subset else args.split)
+        sets[name] = [r for r in load_csv(path) if r.material_id in keep][: args.limit]
+    new_file = not args.out.exists()
+    rows = []
+    with args.out.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, FIELDS)
+        if new_file:
+            writer.writeheader()
+        for spec in args.model:
+            label, checkpoint = spec.split("=", 1)
+            model = load_model(checkpoint)
+            for name, records in sets.items():
+                for samples in map(int, args.samples.split(",")):
+                    for seed in map(int, args.seeds.split(",")):
+                        started = time.perf_counter()
+                        result = run_benchmark(
+                            model, records, samples, batch_size=args.batch_size, seed=seed
+                        )
+                        row = dict(
+                            model=label, set=name, crystals=result.n_crystals, samples=samples,
+                            seed=seed, steps=result.steps, match_rate=round(result.match_rate, 4),
+                            rmse=result.rmse and round(result.rmse, 4),
+                            valid_fraction=round(result.valid_fraction, 4),
+                            sampling_s=result.sampling_s, matching_s=result.matching_s,
+                            device=result.device,
+                        )  # fmt: skip
+                        writer.writerow(row)
+                        handle.flush()
+                        rows.append(row)
+                        print(row, f"({time.perf_counter() - started:.0f} s)", flush=True)
+    table = Table(*FIELDS[:8])
+    for row in rows:
+        cells = [str(row[k]) for k in FIELDS[:8]]
+        cells[6] = f"{100 * row['match_rate']:.2f} %"
+        table.add_row(*cells)
+    Console(width=140).print(table)
+
+
+if __name__ == "__main__":
+    main()
