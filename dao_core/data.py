@@ -552,14 +552,14 @@ def bucketed_batches(
     seed: int,
     rank: int = 0,
     world_size: int = 1,
-    max_atoms_per_batch: int | None = None,
+    max_pairs_per_batch: int | None = None,
 ) -> Iterator[list[int]]:
     """Shuffled batches of similar-sized crystals (little padding), sharded over ranks.
 
     Indices are shuffled, cut into chunks of 50 batches, sorted by atom count inside each chunk,
     then batches are shuffled again; every rank gets the same number of batches (as DDP needs),
     so up to ``world_size - 1`` batches are left out per epoch. Pass seed + epoch to reshuffle.
-    ``max_atoms_per_batch`` splits batches of large crystals so B * Nmax^2 stays bounded.
+    ``max_pairs_per_batch`` splits batches of large crystals so B * Nmax^2 stays bounded.
     """
     if batch_size < 1:
         raise DAOInputError(f"batch_size must be at least 1, got {batch_size}")
@@ -575,8 +575,8 @@ def bucketed_batches(
         part = part[np.argsort(sizes[part], kind="stable")]
         for b in range(0, len(part), batch_size):
             idx = part[b : b + batch_size]
-            if max_atoms_per_batch:  # keep B * Nmax^2 bounded for large crystals
-                cap = max(1, max_atoms_per_batch // int(sizes[idx].max()) ** 2)
+            if max_pairs_per_batch:  # keep B * Nmax^2 bounded for large crystals
+                cap = max(1, max_pairs_per_batch // int(sizes[idx].max()) ** 2)
                 batches.extend(idx[i : i + cap] for i in range(0, len(idx), cap))
             else:
                 batches.append(idx)

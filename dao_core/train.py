@@ -59,6 +59,7 @@ class TrainConfig:
     label_name: str = "energy_per_atom"
     label_unit: str = "eV/atom"
     per_dataset: dict = field(default_factory=dict)  # label statistics when standardised per set
+    max_pairs: int | None = None  # B * Nmax^2 per batch (default 1M on GPU, 4096 on CPU)
     eval_every: int = 500
     save_every: int = 1000
     time_limit: float | None = None  # seconds; checkpoint and stop, to resume later
@@ -258,7 +259,8 @@ def train(
     use_amp = cfg.amp and device.type == "cuda"
     started = time.perf_counter()
     seen = 0
-    max_atoms = 256 * 1024 if device.type == "cuda" else 4096
+    # Factorised attention keeps memory O(B * heads * N^2): on a GPU, 2048 crystals of 20 atoms.
+    max_pairs = cfg.max_pairs or (2**20 if device.type == "cuda" else 4096)
 
     def checkpoint(folder: str) -> None:
         if rank != 0:
@@ -290,7 +292,7 @@ def train(
     stop = False
     while done < 1.0 and not stop:
         for idx in bucketed_batches(
-            train_records, cfg.batch_size, cfg.seed + epoch, rank, world, max_atoms
+            train_records, cfg.batch_size, cfg.seed + epoch, rank, world, max_pairs
         ):
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, done, cfg)

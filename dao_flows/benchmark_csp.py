@@ -110,15 +110,25 @@ def run_benchmark_csp(
     records: Sequence[CrystalRecord],
     options: dict[str, Any],
     top: int = 5,
-    progress: Callable[[CSPBenchmarkRow], None] | None = None,
+    progress: Callable[[list[CSPBenchmarkRow]], None] | None = None,
+    done: Sequence[CSPBenchmarkRow] = (),
 ) -> tuple[list[CSPBenchmarkRow], dict[str, Any]]:
-    rows = []
+    """Rows for ``records`` (those already in ``done`` are kept, not rerun); ``progress`` gets
+    the rows so far after each composition (to save them: a killed run loses nothing)."""
+    finished = {r.material_id for r in done}
+    rows = list(done)
     for record in records:
+        if record.material_id in finished:
+            continue
         rows.append(run_case(record, options, top))
         if progress:
-            progress(rows[-1])
+            progress(rows)
     return rows, summarise(rows)
 
 
 def to_json(rows: Sequence[CSPBenchmarkRow], summary: dict[str, Any], options: dict) -> dict:
     return {"summary": summary, "options": options, "rows": [asdict(r) for r in rows]}
+
+
+def rows_from_json(doc: dict[str, Any]) -> list[CSPBenchmarkRow]:
+    return [CSPBenchmarkRow(**row) for row in doc.get("rows", [])]

@@ -22,6 +22,7 @@ from dao_flows.generation import (
     DAOGenerationMaker,
     default_guidance,
     template_library,
+    user_structures,
     validate_request,
 )
 from dao_flows.ranking import RankingMaker
@@ -30,9 +31,9 @@ from dao_flows.relax import BatchedRelaxMaker, default_relax_maker
 RelaxMode = Literal["per-candidate", "batched"]
 
 
-def candidate_ids(n: int, n_random: int, n_template: int = 0) -> list[str]:
+def candidate_ids(n: int, n_random: int, n_template: int = 0, n_user: int = 0) -> list[str]:
     """Ids the generation job gives its candidates, known before it runs (for job names)."""
-    counts = {"dao-g": n, "pyxtal": n_random, "template": n_template}
+    counts = {"dao-g": n, "pyxtal": n_random, "template": n_template, "user": n_user}
     return [f"{source}-{i:03d}" for source, k in counts.items() for i in range(k)]
 
 
@@ -92,6 +93,9 @@ class DAOCSPMaker(Maker):
         if gen_maker.n_template:  # only as many template slots as templates fit
             fits = template_library(gen_maker.templates).candidates(atoms, gen_maker.n_template)
             gen_maker = replace(gen_maker, n_template=len(fits))
+        # Read (and check) the user's files once, now: the job then carries the structures.
+        users = [s for s, _ in user_structures(formula, gen_maker.structures)]
+        gen_maker = replace(gen_maker, structures=users)
         if self.relax_mode not in ("per-candidate", "batched"):
             raise DAOInputError(
                 f"relax mode must be 'per-candidate' or 'batched', got {self.relax_mode!r}"
@@ -121,7 +125,9 @@ class DAOCSPMaker(Maker):
         else:
             relax_maker = self.relax_maker or default_relax_maker()
             outputs = []
-            ids = candidate_ids(gen_maker.n, gen_maker.n_random, gen_maker.n_template)
+            ids = candidate_ids(
+                gen_maker.n, gen_maker.n_random, gen_maker.n_template, len(gen_maker.structures)
+            )
             for i, cid in enumerate(ids):
                 # A reference into the generation document: static fan-out, so the whole
                 # graph (and every FireWorks firework) exists before anything runs.
@@ -158,6 +164,7 @@ def dao_csp_flow(
     n_random: int = 40,
     n_template: int = 20,
     templates: str | None = None,
+    structures: list[Any] | None = None,
     steps: int | None = None,
     scale: float | None = None,
     formula_units: int | None = None,
@@ -179,7 +186,8 @@ def dao_csp_flow(
 
     ``n`` DAO-G samples (``steps`` diffusion steps, default the model's own; DAO-P guidance at
     ``scale``), ``n_random`` pyxtal structures and ``n_template`` template substitutions (from
-    ``templates``, default the bundled library) are relaxed (``relax="per-candidate"`` jobs
+    ``templates``, default the bundled library) and the user's ``structures`` (pymatgen
+    objects or CIF/POSCAR paths of the same composition) are relaxed (``relax="per-candidate"`` jobs
     or one ``"batched"`` job; ``force_field``, ``fmax``, ``relax_steps``) and ranked. ``model``,
     ``guidance``, ``score_model`` accept bundled names or checkpoint paths; ``guidance=None``
     samples unguided and (unless ``score_model`` is given) skips DAO-P scores.
@@ -189,6 +197,7 @@ def dao_csp_flow(
         n_random=n_random,
         n_template=n_template,
         templates=templates,
+        structures=list(structures or []),
         steps=steps,
         formula_units=formula_units,
         seed=seed,

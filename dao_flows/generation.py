@@ -1,5 +1,6 @@
-"""Candidate generation: DAO-G samples (optionally DAO-P guided) plus symmetric random
-structures from pyxtal, screened for sanity before anything is relaxed."""
+"""Candidate generation: DAO-G samples (optionally DAO-P guided), symmetric random structures
+from pyxtal, template substitutions and the user's own structures, screened for sanity before
+anything is relaxed."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from jobflow import Maker, job
@@ -83,6 +85,37 @@ def validate_request(
     if formula_units is not None and formula_units < 1:
         raise DAOInputError(f"formula units must be at least 1, got {formula_units}")
     return parse_composition(formula, formula_units)
+
+
+def user_structures(
+    formula: str, items: list[Structure | str | Path]
+) -> list[tuple[Structure, dict]]:
+    """The user's seed structures (pymatgen objects or CIF/POSCAR paths) with provenance;
+    :class:`dao_core.errors.DAOInputError` names any that is unreadable, disordered or of
+    another composition than ``formula`` (atom counts may differ: ranking is per atom)."""
+    from dao_core.errors import DAOInputError
+
+    target = Composition(formula).reduced_composition
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, Structure):
+            structure = item
+        else:
+            try:
+                structure = Structure.from_file(str(item))
+            except Exception as exc:  # noqa: BLE001 - pymatgen raises many types
+                raise DAOInputError(f"cannot read user structure {str(item)!r}: {exc}") from exc
+            structure.properties["source_file"] = str(item)  # travels with the structure
+        label = structure.properties.get("source_file", f"structure {i}")
+        if not structure.is_ordered:
+            raise DAOInputError(f"user structure {label} is disordered; give an ordered cell")
+        if structure.composition.reduced_composition != target:
+            raise DAOInputError(
+                f"user structure {label} is {structure.composition.reduced_formula}, "
+                f"not {target.reduced_formula}"
+            )
+        out.append((structure, {"given_as": str(label), "n_atoms": len(structure)}))
+    return out
 
 
 def check_structure(structure: Structure | None) -> tuple[str | None, float | None, float | None]:
@@ -171,6 +204,9 @@ class DAOGenerationMaker(Maker):
     n_template, templates
         Number of template-substituted structures (dao_flows.templates) and their library: a
         library ``.npz``, CDVAE CSV or CIF folder; ``None`` is the bundled Materials Project one.
+    structures
+        The user's own candidates (pymatgen structures or CIF/POSCAR paths) of the same
+        composition, relaxed and ranked with the others (source ``"user"``).
     model, guidance
         DAO-G / DAO-P checkpoint (bundled name or path). ``guidance=None`` or ``scale=0``
         samples without energy guidance. Defaults honour ``$DAO_G_MODEL`` / ``$DAO_P_MODEL``.
@@ -183,6 +219,7 @@ class DAOGenerationMaker(Maker):
     n_random: int = 40  # random structures find what DAO-G misses (CsV3Sb5's kagome cell)
     n_template: int = 20
     templates: str | None = None
+    structures: list[Structure | str] = field(default_factory=list)
     model: str | None = None
     guidance: str | None = "default"
     scale: float = DEFAULT_SCALE
@@ -246,6 +283,8 @@ class DAOGenerationMaker(Maker):
             raw += [("template", None, missing)] * (self.n_template - len(found))
             timings["template_s"] = time.perf_counter() - t0
 
+        raw += [("user", s, meta) for s, meta in user_structures(formula, self.structures)]
+
         candidates: list[CandidateDoc] = []
         counters: Counter[str] = Counter()
         for index, (source, structure, meta) in enumerate(raw):
@@ -276,6 +315,7 @@ class DAOGenerationMaker(Maker):
                 "n_random": self.n_random,
                 "n_template": self.n_template,
                 "templates": self.templates or "bundled (Materials Project)",
+                "n_user": len(self.structures),
                 "checks": {
                     "min_distance": MIN_DISTANCE,
                     "volume_per_atom": [MIN_VOLUME_PER_ATOM, MAX_VOLUME_PER_ATOM],

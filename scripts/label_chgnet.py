@@ -42,7 +42,10 @@ def predict(frame: pd.DataFrame, partial: Path, batch_size: int, chunk: int = 20
     from chgnet.model import CHGNet
     from pymatgen.core import Structure
 
-    done = pd.read_csv(partial) if partial.is_file() else pd.DataFrame(columns=["material_id"])
+    def read() -> pd.DataFrame:  # ids as text, as in the frame ("18517" is not 18517)
+        return pd.read_csv(partial, dtype={"material_id": str})
+
+    done = read() if partial.is_file() else pd.DataFrame(columns=["material_id"])
     todo = frame[~frame["material_id"].isin(set(done["material_id"]))]
     if len(todo):
         model = CHGNet.load(verbose=False)
@@ -58,7 +61,7 @@ def predict(frame: pd.DataFrame, partial: Path, batch_size: int, chunk: int = 20
             count += len(part)
             rate = count / (time.perf_counter() - started)
             log.info("%s: %d/%d (%.1f structures/s)", partial.name, count, len(todo), rate)
-        done = pd.read_csv(partial)
+        done = read()
     return done.drop_duplicates("material_id").set_index("material_id")["e"]
 
 

@@ -1,68 +1,61 @@
 #!/usr/bin/env bash
 # Reproduce the bundled weights from the CDVAE-layout CSVs (docs/training.md has the details).
-#   bash scripts/train_models.sh [pretrain|stage2|finetune|all]
-# pretrain runs DAO-P and DAO-G Stage I side by side (one GPU holds both).
-# Many GPUs: DAO_LAUNCH="torchrun --standalone --nproc_per_node 4 -m" bash scripts/train_models.sh
-# Budgets are wall seconds per stage (the LR schedule follows them); STEPS caps steps instead.
+#   bash scripts/train_models.sh [preprocess|dao-g|finetune|dao-p|all]
+# dao-g: DAO-G Stage I on the Materials Project corpus in three blocks chained by weights-only
+# warm restarts (as trained, 2026-12-02); finetune: per-family models from the second block;
+# dao-p: DAO-P (2026-11-24 recipe). Runs are cut by the recorded step counts, so the schedule
+# is the shipped one on any GPU; the three runs of `finetune` share one GPU.
+# Many GPUs: DAO_LAUNCH="torchrun --standalone --nproc_per_node 4 -m" (then scale the batch).
 set -euo pipefail
 DATA=${DAO_DATASETS:-../shared/datasets}
 RUNS=${DAO_RUNS:-runs}
 LAUNCH=${DAO_LAUNCH:-python -m}
 DAO="$LAUNCH dao_flows.cli"
-MP=$DATA/mp_20_slice/train.csv
-PEROV=$DATA/perov_5/val.csv
-CARBON=$DATA/carbon_24/val.csv
-SC=$DATA/mp_3dsc/structures.csv
-STEPS=${STEPS:-1000000}
-BUDGET_PRETRAIN=${BUDGET_PRETRAIN:-480}
-BUDGET_STAGE2=${BUDGET_STAGE2:-200}
-BUDGET_PEROV=${BUDGET_PEROV:-150}
-BUDGET_CARBON=${BUDGET_CARBON:-400}
+SPLIT=docs/data/split-mp2025-seed0.json
+PRE=$RUNS/preprocessed
+G="--model dao-g --batch-size 512 --eval-every 1000 --split $SPLIT"
 stage=${1:-all}
 
-pretrain() {
-    # DAO-P on the labelled union, labels standardised per data set.
-    $DAO train --model dao-p --preset base --out "$RUNS/dao-p-base" --steps "$STEPS" \
-        --batch-size 256 --lr 1e-3 --time-budget "$BUDGET_PRETRAIN" \
-        --data "$MP:e_above_hull,$PEROV:heat_all,$CARBON:energy_per_atom" &
-    # DAO-G Stage I on everything (3DSC structures carry no energies; DAO-G needs none).
-    $DAO train --model dao-g --preset base --out "$RUNS/dao-g-stage1" --steps "$STEPS" \
-        --batch-size 256 --lr 1e-3 --time-budget "$BUDGET_PRETRAIN" \
-        --data "$MP,$PEROV,$CARBON,$SC" &
-    wait -n && wait -n
+preprocess() {
+    mkdir -p "$PRE"
+    python -m dao_flows.cli preprocess "$DATA/mp_2025/le20.csv.gz" --out "$PRE/le20.npz"
+    python -m dao_flows.cli preprocess "$DATA/perov_5/val.csv" --out "$PRE/perov5.npz"
+    python -m dao_flows.cli preprocess "$DATA/carbon_24/val.csv" --out "$PRE/carbon24.npz"
 }
 
-stage2() {
-    # Dataset relaxation: carbon allotropes 0.08-0.5 eV/atom above the lowest one move to
-    # DAO-P minima (L-BFGS, 5 iterations, lr 1); the other sets hold no such window.
-    $LAUNCH dao_flows.cli relax-dataset --dao-p "$RUNS/dao-p-base/final" --data "$CARBON" \
-        --label energy_per_atom --relative-to-min --out "$RUNS/relaxed/carbon_24/val.csv"
-    # Stage II continues Stage I on the relaxed union, with Stage I's split.
-    $DAO train --model dao-g --init "$RUNS/dao-g-stage1/final" --out "$RUNS/dao-g-base" \
-        --steps "$STEPS" --batch-size 256 --lr 3e-4 --warmup 100 \
-        --time-budget "$BUDGET_STAGE2" --split "$RUNS/dao-g-stage1/split.json" \
-        --data "$MP,$PEROV,$RUNS/relaxed/carbon_24/val.csv,$SC"
+dao_g() {
+    local data=$PRE/le20.npz,$PRE/perov5.npz,$PRE/carbon24.npz
+    $DAO train $G --data "$data" --out "$RUNS/g1" --steps 6587 --lr 1e-3 --warmup 300 \
+        --sample-steps 100
+    $DAO train $G --data "$data" --out "$RUNS/g2" --steps 7516 --lr 5e-4 --warmup 200 \
+        --init "$RUNS/g1/final"
+    $DAO train $G --data "$data" --out "$RUNS/g3" --steps 3653 --lr 3e-4 --warmup 200 \
+        --init "$RUNS/g2/final"  # -> dao-g-base
 }
 
 finetune() {
-    # Per-family fine-tuning of all weights at a small learning rate (authors: 2e-5, wd 1e-5).
-    # Each family model saves the sampler settings chosen on its validation split
-    # (docs/benchmarks.md: the sweep over corrector step and temperature).
-    $DAO train --model dao-g --init "$RUNS/dao-g-base/final" --out "$RUNS/dao-g-perov5" \
-        --steps "$STEPS" --batch-size 256 --lr 1e-4 --weight-decay 1e-5 --warmup 100 \
-        --time-budget "$BUDGET_PEROV" --split "$RUNS/dao-g-stage1/split.json" --data "$PEROV" \
+    # All weights at a small learning rate (authors: 2e-5, wd 1e-5) from the second block;
+    # each family model saves the sampler settings chosen on its validation split.
+    local ft="$G --init $RUNS/g2/final --lr 1e-4 --weight-decay 1e-5 --warmup 100"
+    $DAO train $ft --data "$PRE/perov5.npz" --out "$RUNS/dao-g-perov5" --steps 3746 \
         --step-lr 5e-7 --temperature 1.0 &
-    $DAO train --model dao-g --init "$RUNS/dao-g-base/final" --out "$RUNS/dao-g-carbon24" \
-        --steps "$STEPS" --batch-size 256 --lr 1e-4 --weight-decay 1e-5 --warmup 100 \
-        --time-budget "$BUDGET_CARBON" --split "$RUNS/dao-g-stage1/split.json" \
-        --data "$RUNS/relaxed/carbon_24/val.csv" --step-lr 5e-7 --temperature 0.5 &
+    $DAO train $ft --data "$PRE/carbon24.npz" --out "$RUNS/dao-g-carbon24" --steps 3771 \
+        --step-lr 5e-7 --temperature 0.5 &
     wait -n && wait -n
 }
 
+dao_p() {
+    # DAO-P on the labelled union, labels standardised per data set (dao-p-base, 2026-11-24).
+    $DAO train --model dao-p --preset base --out "$RUNS/dao-p-base" --steps 9692 \
+        --batch-size 256 --lr 1e-3 \
+        --data "$DATA/mp_20_slice/train.csv:e_above_hull,$DATA/perov_5/val.csv:heat_all,$DATA/carbon_24/val.csv:energy_per_atom"
+}
+
 case $stage in
-    pretrain) pretrain ;;
-    stage2) stage2 ;;
+    preprocess) preprocess ;;
+    dao-g) dao_g ;;
     finetune) finetune ;;
-    all) pretrain; stage2; finetune ;;
-    *) echo "unknown stage $stage (pretrain|stage2|finetune|all)" >&2; exit 2 ;;
+    dao-p) dao_p ;;
+    all) preprocess; dao_g; finetune; dao_p ;;
+    *) echo "unknown stage $stage (preprocess|dao-g|finetune|dao-p|all)" >&2; exit 2 ;;
 esac

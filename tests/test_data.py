@@ -204,7 +204,7 @@ def test_bucketed_batches_shard_disjointly_and_pad_little(n: int) -> None:
 
 def test_bucketed_batches_cap_large_crystals() -> None:
     records = _sized_records([20] * 8 + [2] * 8)
-    for batch in bucketed_batches(records, 8, seed=0, max_atoms_per_batch=800):
+    for batch in bucketed_batches(records, 8, seed=0, max_pairs_per_batch=800):
         n_max = max(len(records[i].atomic_numbers) for i in batch)
         assert len(batch) * n_max**2 <= 800 or len(batch) == 1
     with pytest.raises(DAOInputError, match="rank 2"):

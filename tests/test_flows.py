@@ -7,6 +7,7 @@ relaxations (few steps), the embedded MontyDB store in a temporary folder.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -479,7 +480,7 @@ def test_benchmark_csp_counts_a_template_hit_against_the_relaxed_reference(dao_e
     library's rocksalt templates, relaxed and ranked first, match the CHGNet-relaxed reference
     at both tolerances; the summary counts the hit by its source."""
     from dao_core.data import CrystalRecord
-    from dao_flows.benchmark_csp import cell_formula, run_benchmark_csp
+    from dao_flows.benchmark_csp import cell_formula, rows_from_json, run_benchmark_csp, to_json
 
     record = CrystalRecord.from_structure(rocksalt(5.5), material_id="nacl")
     assert cell_formula(record) == "Na4Cl4"
@@ -491,3 +492,33 @@ def test_benchmark_csp_counts_a_template_hit_against_the_relaxed_reference(dao_e
     assert row.hit_source["diffcsp"] == "template"
     assert abs(row.e_best_minus_reference_meV) < 5  # the same structure, relaxed alike
     assert summary["top1_diffcsp"] == 1.0 and summary["top1_by_source_cspbench"] == {"template": 1}
+    # A resumed run keeps a finished composition's row instead of running it again.
+    saved = rows_from_json(json.loads(json.dumps(to_json([row], summary, options))))
+    again, _ = run_benchmark_csp([record], options, done=saved)
+    assert again == [row]
+
+
+def test_user_structures_are_ranked_with_the_generated_ones(dao_env, tmp_path):
+    """A user's CIF of rocksalt NaCl (a seed, with the wrong lattice constant) relaxes to the
+    CHGNet rocksalt minimum and is ranked, tagged "user", beside the generated candidates in
+    both relaxation modes; a file of another composition fails before any job exists."""
+    from dao_flows.flows import run_in_memory
+
+    cif = tmp_path / "guess.cif"
+    rocksalt(6.0).to(filename=str(cif))
+    options = dict(SMALL, n_random=1, structures=[str(cif)])
+    for relax in ("batched", "per-candidate"):
+        flow = dao_csp_flow("NaCl", relax=relax, **options)
+        result = run_in_memory(flow)
+        user = [p for p in result.polymorphs if p.source == "user"]
+        assert result.n_candidates == 4 and len(user) == 1
+        assert user[0].spacegroup_number == 225
+        a = (8 * user[0].structure.volume / len(user[0].structure)) ** (1 / 3)
+        assert 5.55 < a < 5.85  # from 6.0 to rocksalt's 5.64 (CHGNet: 5.73)
+    wrong = tmp_path / "kcl.cif"
+    Structure.from_spacegroup("Fm-3m", Lattice.cubic(6.3), ["K", "Cl"],
+                              [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(wrong))  # fmt: skip
+    with pytest.raises(DAOInputError, match=r"kcl.cif is KCl, not NaCl"):
+        dao_csp_flow("NaCl", **dict(SMALL, structures=[str(wrong)]))
+    with pytest.raises(DAOInputError, match="cannot read user structure"):
+        dao_csp_flow("NaCl", **dict(SMALL, structures=[str(tmp_path / "missing.cif")]))

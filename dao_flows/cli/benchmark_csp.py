@@ -37,14 +37,17 @@ def benchmark_csp(
     limit: Annotated[int | None, typer.Option(help="first N crystals only")] = None,
     seed: Seed = 0,
     device: Device = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write rows + summary")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="rows + summary, saved after each composition; resumes"),
+    ] = None,
 ) -> None:
     """Pool -> relaxation -> ranking per composition of DATA; top-1/top-5 success against the
     relaxed reference, by source, with time per composition."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from dao_core.data import held_out_ids, load_csv
-    from dao_flows.benchmark_csp import run_benchmark_csp, to_json
+    from dao_flows.benchmark_csp import rows_from_json, run_benchmark_csp, summarise, to_json
 
     records = load_csv(data)
     if split is not None:
@@ -53,13 +56,20 @@ def benchmark_csp(
     records = records[:limit] if limit else records
     options = dict(n=n, n_random=n_random, n_template=n_template, templates=templates,
                    seed=seed, device=device)  # fmt: skip
+    done = []
+    if json_out and json_out.is_file():  # resume: keep the compositions already benchmarked
+        done = rows_from_json(json.loads(json_out.read_text()))
+        console.print(f"resuming: {len(done)} compositions already in {json_out}")
+
+    def save(rows: list) -> None:
+        bar.update(task, completed=len(rows), description=rows[-1].formula)
+        if json_out:
+            json_out.write_text(json.dumps(to_json(rows, summarise(rows), options), indent=1))
+
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:  # fmt: skip
         task = bar.add_task("compositions", total=len(records))
-        rows, summary = run_benchmark_csp(
-            records, options, progress=lambda row: bar.update(task, advance=1,
-                                                              description=row.formula),
-        )  # fmt: skip
+        rows, summary = run_benchmark_csp(records, options, progress=save, done=done)
     table = Table("tolerance", "top-1", "top-5", "top-1 by source")
     for name in ("diffcsp", "cspbench"):
         by_source = summary[f"top1_by_source_{name}"]
@@ -75,3 +85,4 @@ def benchmark_csp(
     )
     if json_out:
         json_out.write_text(json.dumps(to_json(rows, summary, options), indent=1))
+        console.print(f"rows and summary in {json_out}")

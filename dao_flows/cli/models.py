@@ -41,9 +41,11 @@ Temperature = Annotated[
 ]
 
 
-def _sampler_overrides(step_lr: float | None, temperature: float | None) -> dict[str, float]:
+def _sampler_overrides(
+    step_lr: float | None, temperature: float | None, steps: int | None = None
+) -> dict[str, float]:
     """The SamplerSettings fields given on the command line."""
-    given = {"step_lr": step_lr, "temperature": temperature}
+    given = {"step_lr": step_lr, "temperature": temperature, "steps": steps}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -75,10 +77,16 @@ def train(
     time_budget: Annotated[
         float | None, typer.Option(help="seconds for the whole run; the LR schedule follows it")
     ] = None,
+    max_pairs: Annotated[
+        int | None, typer.Option(help="cap on B x Nmax^2 per batch (default 2^20 on GPU)")
+    ] = None,
     eval_every: int = 500,
     save_every: int = 1000,
     step_lr: StepLr = None,
     temperature: Temperature = None,
+    sample_steps: Annotated[
+        int | None, typer.Option(help="default sampling steps saved with the model")
+    ] = None,
 ) -> None:
     """Train DAO-G (Stage I/II, fine-tuning) or DAO-P; resumes if OUT holds a run."""
 
@@ -94,14 +102,13 @@ def train(
         kind=model, preset=preset, elements=elements, out=str(out), init=init, max_steps=steps,
         batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, seed=seed,
         energy_loss=energy_loss, time_limit=time_limit, time_budget=time_budget,
-        eval_every=eval_every,
-        save_every=save_every,
-        sampling=_sampler_overrides(step_lr, temperature),
+        max_pairs=max_pairs, eval_every=eval_every, save_every=save_every,
+        sampling=_sampler_overrides(step_lr, temperature, sample_steps),
         record={"data": [f"{p}:{label or ''}" for p, label in specs],
                 "split": str(split_path)},
     )  # fmt: skip
     labels = [label for _, label in specs if label]
-    if model == "dao-p" and len(labels) > 1:
+    if model == "dao-p" and len(set(labels)) > 1:  # different energies: one scale per set
         train_records, cfg.per_dataset = standardise_per_dataset(train_sets)
         val_records, _ = standardise_per_dataset(val_sets)
         cfg.label_name, cfg.label_unit = "per-dataset standardised energy", "std. units"
