@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ase import units
 from rich.console import Console
 from rich.table import Table
 
@@ -89,7 +90,6 @@ CHECKS = [
         "carbon_24/val.csv", pressure_gpa=10.0,
     ),
 ]  # fmt: skip
-EV_PER_A3_PER_GPA = 1 / 160.21766
 
 
 @dataclass
@@ -132,7 +132,7 @@ def dao_predict(model: DAOModel, records: list[CrystalRecord], batch_size: int =
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         b = CrystalBatch.from_records([records[i] for i in idx]).to(model.device)
-        out[idx] = model.energy(b.atom_types, b.frac, b.lattice, b.mask).float().cpu().numpy()
+        out[idx] = model.energy(b).float().cpu().numpy()
     return out
 
 
@@ -277,9 +277,9 @@ def evaluate(
         row.mae_dao = score("dao", to_label(dao_predict(model, evaluation)))
         row.mae_dao_fit = score("dao_fit", to_label(dao_predict(model, fit)), y_fit)
     if chgnet is not None:
-        e_fit = chgnet(case.train_file, fit) + case.pressure_gpa * EV_PER_A3_PER_GPA * volumes(fit)
+        e_fit = chgnet(case.train_file, fit) + case.pressure_gpa * units.GPa * volumes(fit)
         e_eval = chgnet(case.eval_file, evaluation) + (
-            case.pressure_gpa * EV_PER_A3_PER_GPA * volumes(evaluation)
+            case.pressure_gpa * units.GPa * volumes(evaluation)
         )
         coef_a, _ = fit_reference(x_fit, y_fit - e_fit, None)
         row.mae_chgnet_a = score("chgnet_a", apply_reference(coef_a, x_eval, None) + e_eval)

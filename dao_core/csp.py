@@ -61,11 +61,8 @@ def sample_batch(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = CrystalBatch.from_compositions([compositions[i] for i in idx]).to(device)
-        frac, lattice = model.sample(
-            batch.atom_types, batch.mask, steps, guidance, scale, generator, sampling
-        )
-        batch.frac, batch.lattice = frac, lattice
-        for i, structure in zip(idx, batch.to_structures(), strict=True):
+        sampled = model.sample(batch, steps, guidance, scale, generator, sampling)
+        for i, structure in zip(idx, sampled.to_structures(), strict=True):
             out[i] = structure
     return out  # type: ignore[return-value]
 
@@ -136,6 +133,6 @@ def score_energy(
         for start in range(0, len(structures), batch_size):
             chunk = list(structures[start : start + batch_size])
             batch = CrystalBatch.from_structures(chunk, canonical=True).to(dao_p.device)
-            e = dao_p.energy(batch.atom_types, batch.frac, batch.lattice, batch.mask, physical=True)
+            e = dao_p.energy(batch, physical=True)
             scores[start : start + len(chunk)] = e.float().cpu().numpy()
     return scores

@@ -5,13 +5,15 @@ relaxation call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from ase import units
 from torch import nn
 
+from dao_core.data import CrystalBatch
 from dao_core.diffusion import (
     DiffusionSchedule,
     SamplerSettings,
@@ -25,7 +27,6 @@ Kind = Literal["dao-g", "dao-p"]
 # The noise level at which DAO-P acts as a plain predictor. Step 1 has sigma_x = 0.005 and
 # sqrt(1 - abar) = 0.01: clean for all purposes, and an embedding the network was trained on.
 CLEAN_STEP = 1
-EV_PER_A3_TO_GPA = 160.21766
 
 
 @dataclass
@@ -65,33 +66,20 @@ class DAOModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def forward(
-        self,
-        atom_types: torch.Tensor,
-        frac: torch.Tensor,
-        lattice: torch.Tensor,
-        mask: torch.Tensor,
-        t: torch.Tensor,
-    ) -> CrysformerOutput:
-        return self.net(atom_types, frac, lattice, mask, t)
+    def forward(self, batch: CrystalBatch, t: torch.Tensor) -> CrysformerOutput:
+        """Scores (and DAO-P energies) of ``batch`` at noise steps ``t`` (B,)."""
+        return self.net(batch.atom_types, batch.frac, batch.lattice, batch.mask, t)
 
-    def loss(
-        self,
-        atom_types: torch.Tensor,
-        frac: torch.Tensor,
-        lattice: torch.Tensor,
-        mask: torch.Tensor,
-        energy: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    def loss(self, batch: CrystalBatch) -> dict[str, torch.Tensor]:
         """Diffusion losses (+ the energy loss for DAO-P on the noised structure, clean label)."""
-        noised = add_noise(self.schedule, frac, lattice, mask)
-        out = self(atom_types, noised.frac, noised.lattice, mask, noised.t)
-        loss_lattice, loss_coord = diffusion_losses(out, noised, mask)
+        noised = add_noise(self.schedule, batch.frac, batch.lattice, batch.mask)
+        out = self(replace(batch, frac=noised.frac, lattice=noised.lattice), noised.t)
+        loss_lattice, loss_coord = diffusion_losses(out, noised, batch.mask)
         losses = {"lattice": loss_lattice, "coord": loss_coord}
         if self.kind == "dao-p":
-            if energy is None:
+            if batch.energy is None:
                 raise ValueError("DAO-P training needs energy labels")
-            target = (energy - self.label.mean) / self.label.std
+            target = (batch.energy - self.label.mean) / self.label.std
             known = torch.isfinite(target)
             pred, target = out.energy[known], target[known]
             if self.label.loss == "exp":  # weights low-energy structures more (authors' choice)
@@ -104,27 +92,17 @@ class DAOModel(nn.Module):
     # --- DAO-P energy --------------------------------------------------------------------------
 
     def energy(
-        self,
-        atom_types: torch.Tensor,
-        frac: torch.Tensor,
-        lattice: torch.Tensor,
-        mask: torch.Tensor,
-        t: torch.Tensor | int = CLEAN_STEP,
-        physical: bool = False,
+        self, batch: CrystalBatch, t: torch.Tensor | int = CLEAN_STEP, physical: bool = False
     ) -> torch.Tensor:
         """Energy per crystal: standardised, or in label units (``physical=True``)."""
         self._require_energy()
         if isinstance(t, int):
-            t = torch.full((atom_types.shape[0],), t, dtype=torch.long, device=atom_types.device)
-        e = self.net(atom_types, frac, lattice, mask, t).energy
+            t = torch.full((batch.batch_size,), t, dtype=torch.long, device=batch.mask.device)
+        e = self(batch, t).energy
         return e * self.label.std + self.label.mean if physical else e
 
     def energy_forces_stress(
-        self,
-        atom_types: torch.Tensor,
-        frac: torch.Tensor,
-        lattice: torch.Tensor,
-        mask: torch.Tensor,
+        self, batch: CrystalBatch
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Energy per atom (label units), forces (eV/A, per atom) and stress (GPa, 3x3).
 
@@ -132,62 +110,55 @@ class DAOModel(nn.Module):
         r = X L, and stress is (1/V) L^T dE/dL (symmetrised), the strain derivative at fixed X.
         """
         with torch.enable_grad():
-            f = frac.detach().requires_grad_(True)
-            lat = lattice.detach().requires_grad_(True)
-            e_atom = self.energy(atom_types, f, lat, mask, physical=True)
-            n_atoms = mask.sum(1).to(e_atom.dtype)
+            f = batch.frac.detach().requires_grad_(True)
+            lat = batch.lattice.detach().requires_grad_(True)
+            e_atom = self.energy(replace(batch, frac=f, lattice=lat), physical=True)
+            n_atoms = batch.mask.sum(1).to(e_atom.dtype)
             grad_f, grad_l = torch.autograd.grad((e_atom * n_atoms).sum(), (f, lat))
         # dE/dr = dE/dX . L^{-T}, since X = r L^{-1}.
         forces = -torch.linalg.solve(lat.detach(), grad_f.transpose(1, 2)).transpose(1, 2)
         volume = torch.linalg.det(lat.detach()).abs()
         virial = lat.detach().transpose(1, 2) @ grad_l
         stress = 0.5 * (virial + virial.transpose(1, 2)) / volume[:, None, None]
-        return e_atom.detach(), forces * mask[..., None], stress * EV_PER_A3_TO_GPA
+        return e_atom.detach(), forces * batch.mask[..., None], stress / units.GPa
 
-    def relax(
-        self,
-        atom_types: torch.Tensor,
-        frac: torch.Tensor,
-        lattice: torch.Tensor,
-        mask: torch.Tensor,
-        steps: int = 5,
-        lr: float = 1.0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def relax(self, batch: CrystalBatch, steps: int = 5, lr: float = 1.0) -> CrystalBatch:
         """L-BFGS on X and L at the clean step (dataset relaxation, method doc section 6).
 
         Crystals are independent, so minimising the sum of energies relaxes each one; X is
         wrapped back into [0, 1) afterwards.
         """
         self._require_energy()
-        f = frac.detach().clone().requires_grad_(True)
-        lat = lattice.detach().clone().requires_grad_(True)
+        f = batch.frac.detach().clone().requires_grad_(True)
+        lat = batch.lattice.detach().clone().requires_grad_(True)
         opt = torch.optim.LBFGS([f, lat], lr=lr, max_iter=steps, line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            e = self.energy(atom_types, f, lat, mask).sum()
+            e = self.energy(replace(batch, frac=f, lattice=lat)).sum()
             e.backward()
             return e
 
         with torch.enable_grad():
             opt.step(closure)
-        return torch.remainder(f.detach(), 1.0) * mask[..., None], lat.detach()
+        frac = torch.remainder(f.detach(), 1.0) * batch.mask[..., None]
+        return replace(batch, frac=frac, lattice=lat.detach())
 
     # --- DAO-G sampling ------------------------------------------------------------------------
 
     @torch.no_grad()
     def sample(
         self,
-        atom_types: torch.Tensor,
-        mask: torch.Tensor,
+        batch: CrystalBatch,
         steps: int | None = None,
         guidance: DAOModel | None = None,
         scale: float = 0.0,
         generator: torch.Generator | None = None,
         sampling: SamplerSettings | None = None,
         graph: bool | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fractional coordinates (B, N, 3) and lattices (B, 3, 3) for padded compositions.
+    ) -> CrystalBatch:
+        """``batch`` (its compositions; coordinates are ignored) with sampled fractional
+        coordinates (B, N, 3) and lattices (B, 3, 3).
 
         ``sampling=None`` uses the model's own sampler settings (``self.sampling``), and
         ``steps=None`` their number of steps. ``graph`` (default: on CUDA) replays the sampling
@@ -195,13 +166,13 @@ class DAOModel(nn.Module):
         """
 
         # bf16 on GPU: the sampler's arithmetic stays in float32, only the networks run in bf16.
-        amp = torch.autocast("cuda", torch.bfloat16, enabled=atom_types.is_cuda)
+        amp = torch.autocast("cuda", torch.bfloat16, enabled=batch.mask.is_cuda)
 
         def score_fn(
             frac: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor
         ) -> CrysformerOutput:
             with amp:
-                out = self.net(atom_types, frac, lattice, mask, t)
+                out = self(replace(batch, frac=frac, lattice=lattice), t)
             return CrysformerOutput(*(x.float() for x in out))
 
         energy_fn = None
@@ -211,12 +182,13 @@ class DAOModel(nn.Module):
                 frac: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor
             ) -> torch.Tensor:
                 with amp:
-                    return guidance.energy(atom_types, frac, lattice, mask, t).float()
+                    return guidance.energy(replace(batch, frac=frac, lattice=lattice), t).float()
 
         settings = sampling or self.sampling
-        return sample(
-            score_fn, self.schedule, mask, steps, settings, energy_fn, scale, generator, graph
+        frac, lattice = sample(
+            score_fn, self.schedule, batch.mask, steps, settings, energy_fn, scale, generator, graph
         )
+        return replace(batch, frac=frac, lattice=lattice)
 
     def _require_energy(self) -> None:
         if self.kind != "dao-p":

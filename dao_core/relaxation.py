@@ -40,10 +40,8 @@ def relax_records(
     for start in range(0, len(selected), batch_size):
         idx = selected[start : start + batch_size]
         batch = CrystalBatch.from_records([records[i] for i in idx]).to(model.device)
-        frac, lattice = model.relax(
-            batch.atom_types, batch.frac, batch.lattice, batch.mask, steps=steps, lr=lr
-        )
-        frac, lattice = frac.float().cpu().numpy(), lattice.float().cpu().numpy()
+        relaxed = model.relax(batch, steps=steps, lr=lr)
+        frac, lattice = relaxed.frac.float().cpu().numpy(), relaxed.lattice.float().cpu().numpy()
         for row, i in enumerate(idx):
             n = len(records[i].atomic_numbers)
             ratio = abs(np.linalg.det(lattice[row]) / np.linalg.det(records[i].lattice))

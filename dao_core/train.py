@@ -76,9 +76,7 @@ class _Loss(nn.Module):
         self.model = model
 
     def forward(self, batch: CrystalBatch) -> dict[str, torch.Tensor]:
-        return self.model.loss(
-            batch.atom_types, batch.frac, batch.lattice, batch.mask, batch.energy
-        )
+        return self.model.loss(batch)
 
 
 def progress(step: int, elapsed: float, cfg: TrainConfig) -> float:
@@ -214,7 +212,7 @@ def evaluate(model: DAOModel, records: Sequence[CrystalRecord], batch_size: int,
     model.eval()
     for idx in bucketed_batches(records, batch_size, seed):
         batch = CrystalBatch.from_records([records[i] for i in idx]).to(device)
-        losses = model.loss(batch.atom_types, batch.frac, batch.lattice, batch.mask, batch.energy)
+        losses = model.loss(batch)
         for k, v in losses.items():
             totals[k] = totals.get(k, 0.0) + float(v) * len(idx)
         count += len(idx)

@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from ase import units
 from pymatgen.core import Lattice, Structure
 
 from dao_core.data import right_handed_structure
-
-EV_PER_A3_PER_GPA = 1.0 / 160.21766208  # ase.units.GPa: CHGNet stresses come in GPa
 
 # ASE FIRE defaults (ase.optimize.FIRE), kept identical so both routes agree.
 FIRE_DEFAULTS: dict[str, float] = dict(
@@ -90,7 +89,7 @@ def chgnet_efs(model: Any, graphs: list) -> list[tuple[float, np.ndarray, np.nda
         total = e * pred["atoms_per_graph"] if model.is_intensive else e
         n = len(graphs)
         grads = torch.autograd.grad(total.sum(), [*bg.atom_positions, *bg.strains])
-        scale = 160.21766208 / bg.volumes  # eV/Å^3 -> GPa, as CHGNet
+        scale = 1 / (units.GPa * bg.volumes)  # eV/Å^3 -> GPa, as CHGNet
         forces = torch.cat([-g for g in grads[:n]]).detach().cpu().numpy()
         stress = torch.stack([g * s for g, s in zip(grads[n:], scale, strict=True)])
         stress = stress.detach().cpu().numpy()
@@ -232,7 +231,8 @@ def batched_fire_relax(
             i = int(idx[j])
             e, f_np, s_np = preds[k]
             forces = torch.as_tensor(np.asarray(f_np), dtype=dtype)
-            stress = torch.as_tensor(np.asarray(s_np), dtype=dtype) * EV_PER_A3_PER_GPA
+            # CHGNet stresses come in GPa
+            stress = torch.as_tensor(np.asarray(s_np), dtype=dtype) * units.GPa
             finite = torch.isfinite(forces).all() and torch.isfinite(stress).all()
             if not (np.isfinite(e) and finite):
                 results[i] = BatchRelaxResult(

@@ -12,7 +12,7 @@ import torch
 from dao_core.benchmark import run_benchmark
 from dao_core.checkpoint import file_hash, load_model, save_model
 from dao_core.dao import DAOModel
-from dao_core.data import load_csv
+from dao_core.data import CrystalBatch, load_csv
 from dao_core.diffusion import SamplerSettings
 from dao_core.errors import DAOInputError
 from dao_core.model import CrysformerConfig
@@ -68,8 +68,9 @@ def test_checkpoint_round_trip_and_hash(tmp_path: Path) -> None:
     loaded = load_model(tmp_path / "fp32", device="cpu")
     assert loaded.content_hash == digest and loaded.kind == "dao-p"
     assert loaded.sampling == tuned  # a model's tuned sampler settings travel with it
-    args = (torch.tensor([[8, 22, 38, 8, 8]]), torch.rand(1, 5, 3), 4 * torch.eye(3)[None],
-            torch.ones(1, 5, dtype=torch.bool), torch.tensor([10]))  # fmt: skip
+    args = (CrystalBatch(torch.tensor([[8, 22, 38, 8, 8]]), torch.rand(1, 5, 3),
+                         4 * torch.eye(3)[None], torch.ones(1, 5, dtype=torch.bool)),
+            torch.tensor([10]))  # fmt: skip
     with torch.no_grad():
         assert torch.equal(model(*args).energy, loaded(*args).energy)
     save_model(model, tmp_path / "fp16", dtype=torch.float16)
@@ -93,7 +94,7 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path: Path) -> None:
 
 DDP_SCRIPT = """
 import os, sys, torch
-from dao_core.data import load_csv
+from dao_core.data import CrystalBatch, load_csv
 from dao_core.train import TrainConfig, train
 
 ids = {"mp-1958", "mp-2568", "mp-11541", "mp-2755", "mp-980", "mp-11454"}
@@ -134,8 +135,9 @@ def test_descriptor_model_round_trips(tmp_path: Path) -> None:
     model = DAOModel("dao-g", CrysformerConfig.preset("tiny", "descriptors")).eval()
     save_model(model, tmp_path / "fp32")
     save_model(model, tmp_path / "fp16", dtype=torch.float16)
-    args = (torch.tensor([[8, 22, 38, 8, 0]]), torch.rand(1, 5, 3), 4 * torch.eye(3)[None],
-            torch.tensor([[True, True, True, True, False]]), torch.tensor([10]))  # fmt: skip
+    args = (CrystalBatch(torch.tensor([[8, 22, 38, 8, 0]]), torch.rand(1, 5, 3),
+                         4 * torch.eye(3)[None], torch.tensor([[True, True, True, True, False]])),
+            torch.tensor([10]))  # fmt: skip
     loaded = load_model(tmp_path / "fp32", device="cpu")
     assert loaded.config.elements == "descriptors"
     with torch.no_grad():

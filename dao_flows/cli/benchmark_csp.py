@@ -35,6 +35,9 @@ def benchmark_csp(
         typer.Option(help="only the 'val' ids of this split JSON (SPLIT:NAME: a subset)"),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="first N crystals only")] = None,
+    sample: Annotated[
+        int | None, typer.Option(help="a random N of the crystals (seeded by --seed)")
+    ] = None,
     seed: Seed = 0,
     device: Device = None,
     json_out: Annotated[
@@ -44,6 +47,7 @@ def benchmark_csp(
 ) -> None:
     """Pool -> relaxation -> ranking per composition of DATA; top-1/top-5 success against the
     relaxed reference, by source, with time per composition."""
+    import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from dao_core.data import held_out_ids, load_csv
@@ -54,6 +58,9 @@ def benchmark_csp(
         keep = held_out_ids(split)
         records = [r for r in records if r.material_id in keep] or records
     records = records[:limit] if limit else records
+    if sample is not None and sample < len(records):  # files are often sorted by size
+        chosen = np.random.default_rng(seed).choice(len(records), sample, replace=False)
+        records = [records[i] for i in sorted(chosen)]
     options = dict(n=n, n_random=n_random, n_template=n_template, templates=templates,
                    seed=seed, device=device)  # fmt: skip
     done = []

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ase import units
 
 from dao_flows.qe.inputs import PWSettings, atoms_to_structure
-
-EV_PER_A3_TO_GPA = 160.21766208  # 1 eV/Angstrom^3 in GPa
 
 _PATTERNS = {
     "version": r"Program PWSCF v\.(\S+) starts",
@@ -118,7 +117,7 @@ def parse_output(doc: dict[str, Any], settings: PWSettings, out: Path, err: Path
             from ase.stress import voigt_6_to_full_3x3_stress
 
             # ASE stress is eV/A^3 with tension positive; flip to QE's pressure sign.
-            full = -voigt_6_to_full_3x3_stress(np.asarray(res["stress"])) * EV_PER_A3_TO_GPA
+            full = -voigt_6_to_full_3x3_stress(np.asarray(res["stress"])) / units.GPa
             doc["stress"] = full.tolist()
             doc["pressure"] = float(np.trace(full) / 3.0)
 
