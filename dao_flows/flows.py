@@ -20,7 +20,6 @@ from jobflow.utils import suid
 
 from dao_flows.generation import (
     DAOGenerationMaker,
-    default_guidance,
     template_library,
     user_structures,
     validate_request,
@@ -29,6 +28,13 @@ from dao_flows.ranking import RankingMaker
 from dao_flows.relax import BatchedRelaxMaker, default_relax_maker
 
 RelaxMode = Literal["per-candidate", "batched"]
+
+# The options of dao_csp_flow / DAOCSPMaker.from_options, by the Maker that owns each default.
+GENERATION_OPTIONS = ("n", "n_random", "n_template", "templates", "structures", "steps",
+                      "scale", "formula_units", "seed", "model", "guidance")  # fmt: skip
+RELAX_OPTIONS = {"force_field": "force_field_name", "fmax": "fmax", "relax_steps": "steps"}
+OPTIONS = (*GENERATION_OPTIONS, *RELAX_OPTIONS, "relax", "relax_maker", "device", "symprec",
+           "score_model", "verify_top", "dft_maker")  # fmt: skip
 
 
 def candidate_ids(n: int, n_random: int, n_template: int = 0, n_user: int = 0) -> list[str]:
@@ -63,7 +69,9 @@ class DAOCSPMaker(Maker):
         workers); ``"batched"``: one :class:`BatchedRelaxMaker` job for all of them.
     relax_maker
         Any atomate2-style maker whose ``make(structure)`` returns a task document with a
-        final structure and energy; default: CHGNet ``ForceFieldRelaxMaker``.
+        final structure and energy; default: atomate2's ``ForceFieldRelaxMaker`` with the
+        force field, ``fmax``, steps and device of ``batched_relax_maker``, so both routes
+        relax alike.
     verify_top, dft_maker
         Hook for DFT verification of the ``verify_top`` best polymorphs:
         ``dft_maker.make(structure)`` jobs are added after the ranking. With ``verify_top > 0``
@@ -72,12 +80,44 @@ class DAOCSPMaker(Maker):
 
     name: str = "dao csp"
     generation_maker: DAOGenerationMaker = field(default_factory=DAOGenerationMaker)
-    relax_mode: RelaxMode = "per-candidate"
-    relax_maker: Maker | None = None
+    relax_mode: RelaxMode = "batched"
+    relax_maker: Maker | None = None  # None: atomate2's, with batched_relax_maker's settings
     batched_relax_maker: BatchedRelaxMaker = field(default_factory=BatchedRelaxMaker)
     ranking_maker: RankingMaker = field(default_factory=RankingMaker)
     verify_top: int = 0
     dft_maker: Maker | None = None
+
+    @classmethod
+    def from_options(cls, **options: Any) -> DAOCSPMaker:
+        """The CSP maker with the named options changed; everything else keeps the nested
+        Makers' own defaults (the one place they are stated). Options: see ``OPTIONS``.
+
+        ``device`` goes to every stage; ``relax``, ``force_field``, ``fmax`` and
+        ``relax_steps`` set the relaxation (both routes); ``score_model`` defaults to the
+        guidance model, or none when ``guidance=None``.
+        """
+        from dao_core.errors import DAOInputError
+
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise DAOInputError(f"unknown CSP option(s) {unknown}; known: {', '.join(OPTIONS)}")
+        device = {"device": options["device"]} if "device" in options else {}
+        generation = {k: options[k] for k in GENERATION_OPTIONS if k in options}
+        relax = {RELAX_OPTIONS[k]: options[k] for k in RELAX_OPTIONS if k in options}
+        ranking = {k: options[k] for k in ("symprec", "score_model") if k in options}
+        guidance = options.get("guidance", "default")
+        if "score_model" not in options and guidance != "default":
+            ranking["score_model"] = guidance  # score with the guiding model, or not at all
+        flow_level = {k: options[k] for k in ("relax_maker", "verify_top", "dft_maker")
+                      if k in options}  # fmt: skip
+        if "relax" in options:
+            flow_level["relax_mode"] = options["relax"]
+        return cls(
+            generation_maker=DAOGenerationMaker(**generation, **device),
+            batched_relax_maker=BatchedRelaxMaker(**relax, **device),
+            ranking_maker=RankingMaker(**ranking, **device),
+            **flow_level,
+        )
 
     def make(self, formula: str, formula_units: int | None = None) -> Flow:
         """The CSP flow for one composition; its output is the :class:`CSPResultDoc`.
@@ -99,6 +139,12 @@ class DAOCSPMaker(Maker):
         if self.relax_mode not in ("per-candidate", "batched"):
             raise DAOInputError(
                 f"relax mode must be 'per-candidate' or 'batched', got {self.relax_mode!r}"
+            )
+        batched = self.batched_relax_maker
+        if self.relax_mode == "batched" and str(batched.force_field_name).lower() != "chgnet":
+            raise DAOInputError(
+                f"batched relaxation supports CHGNet only, not {batched.force_field_name!r}; "
+                "use relax='per-candidate' for other force fields"
             )
         from dao_core.checkpoint import resolve
 
@@ -123,7 +169,9 @@ class DAOCSPMaker(Maker):
             relaxations: Any = batch.output
             settings = _relax_settings(self.batched_relax_maker)
         else:
-            relax_maker = self.relax_maker or default_relax_maker()
+            relax_maker = self.relax_maker or default_relax_maker(
+                batched.force_field_name, batched.fmax, batched.steps, device=batched.device
+            )
             outputs = []
             ids = candidate_ids(
                 gen_maker.n, gen_maker.n_random, gen_maker.n_template, len(gen_maker.structures)
@@ -157,77 +205,36 @@ class DAOCSPMaker(Maker):
         return flow
 
 
-def dao_csp_flow(
-    composition: str,
-    *,
-    n: int = 20,
-    n_random: int = 40,
-    n_template: int = 20,
-    templates: str | None = None,
-    structures: list[Any] | None = None,
-    steps: int | None = None,
-    scale: float | None = None,
-    formula_units: int | None = None,
-    seed: int | None = None,
-    model: str | None = None,
-    guidance: str | None = "default",
-    relax: RelaxMode = "per-candidate",
-    force_field: str = "CHGNet",
-    fmax: float = 0.05,
-    relax_steps: int = 500,
-    relax_maker: Maker | None = None,
-    device: str | None = None,
-    score_model: str | None = "default",
-    symprec: float = 0.1,
-    verify_top: int = 0,
-    dft_maker: Maker | None = None,
-) -> Flow:
-    """One-line CSP workflow for ``composition`` (see :class:`DAOCSPMaker`).
+def default_options(maker: DAOCSPMaker) -> dict[str, tuple[Any, str]]:
+    """Each option of :meth:`DAOCSPMaker.from_options` -> (its value in ``maker``, the Maker
+    attribute that holds it)."""
+    out: dict[str, tuple[Any, str]] = {}
+    for option in GENERATION_OPTIONS:
+        out[option] = (getattr(maker.generation_maker, option), "generation_maker")
+    for option, attr in RELAX_OPTIONS.items():
+        out[option] = (getattr(maker.batched_relax_maker, attr), f"batched_relax_maker.{attr}")
+    out["relax"] = (maker.relax_mode, "relax_mode")
+    for option in ("symprec", "score_model"):
+        out[option] = (getattr(maker.ranking_maker, option), "ranking_maker")
+    out["device"] = (maker.generation_maker.device, "every stage")
+    out["verify_top"] = (maker.verify_top, "verify_top")
+    return out
 
-    ``n`` DAO-G samples (``steps`` diffusion steps, default the model's own; DAO-P guidance at
-    ``scale``), ``n_random`` pyxtal structures and ``n_template`` template substitutions (from
-    ``templates``, default the bundled library) and the user's ``structures`` (pymatgen
-    objects or CIF/POSCAR paths of the same composition) are relaxed (``relax="per-candidate"`` jobs
-    or one ``"batched"`` job; ``force_field``, ``fmax``, ``relax_steps``) and ranked. ``model``,
-    ``guidance``, ``score_model`` accept bundled names or checkpoint paths; ``guidance=None``
-    samples unguided and (unless ``score_model`` is given) skips DAO-P scores.
+
+def dao_csp_flow(composition: str, **options: Any) -> Flow:
+    """One-line CSP workflow for ``composition``: ``DAOCSPMaker.from_options(**options)``.
+
+    Options (any subset; the rest are the Makers' own defaults, see
+    :meth:`DAOCSPMaker.from_options`): ``n`` DAO-G samples (``steps`` diffusion steps, default
+    the model's own; DAO-P guidance at ``scale``), ``n_random`` pyxtal structures,
+    ``n_template`` template substitutions (from ``templates``, default the bundled library)
+    and the user's ``structures`` (pymatgen objects or CIF/POSCAR paths of the same
+    composition) are relaxed (``relax="batched"`` in one job or ``"per-candidate"`` jobs;
+    ``force_field``, ``fmax``, ``relax_steps``) and ranked. ``model``, ``guidance``,
+    ``score_model`` accept bundled names or checkpoint paths; ``guidance=None`` samples
+    unguided and (unless ``score_model`` is given) skips DAO-P scores.
     """
-    gen_kwargs: dict[str, Any] = dict(
-        n=n,
-        n_random=n_random,
-        n_template=n_template,
-        templates=templates,
-        structures=list(structures or []),
-        steps=steps,
-        formula_units=formula_units,
-        seed=seed,
-        model=model,
-        guidance=guidance,
-        device=device,
-    )
-    if scale is not None:
-        gen_kwargs["scale"] = scale
-    if score_model == "default":  # score with the guidance model; no DAO-P at all if none
-        score_model = (
-            None
-            if guidance is None
-            else (default_guidance() if guidance == "default" else guidance)
-        )
-    if relax == "batched" and force_field.lower() != "chgnet":
-        from dao_core.errors import DAOInputError
-
-        raise DAOInputError(f"batched relaxation supports CHGNet only, not {force_field!r}")
-    maker = DAOCSPMaker(
-        generation_maker=DAOGenerationMaker(**gen_kwargs),
-        relax_mode=relax,
-        relax_maker=relax_maker
-        or default_relax_maker(force_field, fmax=fmax, steps=relax_steps, device=device),
-        batched_relax_maker=BatchedRelaxMaker(fmax=fmax, steps=relax_steps, device=device),
-        ranking_maker=RankingMaker(symprec=symprec, score_model=score_model, device=device),
-        verify_top=verify_top,
-        dft_maker=dft_maker,
-    )
-    return maker.make(composition, formula_units)
+    return DAOCSPMaker.from_options(**options).make(composition)
 
 
 def dao_csp_batch_flow(formulas: list[str], **options: Any) -> Flow:

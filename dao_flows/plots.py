@@ -1,28 +1,50 @@
-"""Energy-ranking plot of a CSP result (matplotlib, headless Agg backend)."""
+"""Energy-ranking plot of a CSP result, and the figure setup the report shares (matplotlib)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from dao_flows.schemas import CSPResultDoc
+from dao_flows.schemas import CSPResultDoc, RankedPolymorph
 
-SOURCE_COLOURS = {"dao-g": "#1f77b4", "pyxtal": "#ff7f0e", "user": "#2ca02c"}
+# One colour per candidate source (schemas.Source), shared by every figure of a run.
+SOURCE_COLOURS = {
+    "dao-g": "#1f77b4",
+    "pyxtal": "#ff7f0e",
+    "template": "#9467bd",
+    "user": "#2ca02c",
+}
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend: figures are written on machines without a
+    display (clusters, CI), and importing it lazily keeps ``dao --help`` fast."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def sources_present(polymorphs: list[RankedPolymorph]) -> list[str]:
+    """The sources among ``polymorphs`` in SOURCE_COLOURS order: legends list only these."""
+    present = {p.source for p in polymorphs}
+    return [s for s in SOURCE_COLOURS if s in present]
 
 
 def plot_ranking(result: CSPResultDoc, path: str | Path, top: int | None = 30) -> Path:
-    """Bar chart of E - E_min (meV/atom) per unique polymorph, coloured by source."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # never needs a display
-    import matplotlib.pyplot as plt
+    """Bar chart of E - E_min (meV/atom) per unique polymorph, coloured by source; the legend
+    names only the sources among the plotted polymorphs."""
     from matplotlib.patches import Patch
 
+    plt = pyplot()
     polys = result.polymorphs[:top] if top else result.polymorphs
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(polys) + 2.0), 4.0))
     if polys:
         x = range(len(polys))
         heights = [p.e_above_min_meV for p in polys]
-        colours = [SOURCE_COLOURS.get(p.source, "grey") for p in polys]
+        colours = [SOURCE_COLOURS[p.source] for p in polys]
         hatches = ["" if p.relax_status == "converged" else "//" for p in polys]
         bars = ax.bar(x, heights, color=colours, edgecolor="black", linewidth=0.5)
         for bar, hatch in zip(bars, hatches, strict=True):
@@ -34,8 +56,7 @@ def plot_ranking(result: CSPResultDoc, path: str | Path, top: int | None = 30) -
             ha="right",
             fontsize=8,
         )
-        sources = sorted({p.source for p in polys})
-        handles = [Patch(color=SOURCE_COLOURS.get(s, "grey"), label=s) for s in sources]
+        handles = [Patch(color=SOURCE_COLOURS[s], label=s) for s in sources_present(polys)]
         if any(h for h in hatches):
             handles.append(
                 Patch(facecolor="white", edgecolor="black", hatch="//", label="not converged")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from jobflow import Flow, Job, Maker, Response, job
+from jobflow import Maker, Response, job
 from jobflow.core.job import JobConfig
 from jobflow.core.reference import OnMissing
 from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -149,6 +149,129 @@ def spacegroup(structure: Structure, symprec: float) -> tuple[str, int]:
 
 
 @dataclass
+class Relaxations:
+    """The relaxation results of one run in one shape, whichever relax mode made them: one
+    batched document, or one task document (None if its job failed) per candidate."""
+
+    batched: BatchedRelaxDoc | None = None
+    per_candidate: list[Any] | None = None
+    job_info: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, relaxations: Any, job_info: list[dict[str, str]] | None = None) -> Relaxations:
+        if isinstance(relaxations, dict) and relaxations.get("doc_type") == "dao_batched_relax":
+            relaxations = BatchedRelaxDoc(**relaxations)  # from a raw store
+        if isinstance(relaxations, BatchedRelaxDoc):
+            return cls(batched=relaxations, job_info=job_info or [])
+        per_candidate = list(relaxations) if isinstance(relaxations, list) else None
+        return cls(per_candidate=per_candidate, job_info=job_info or [])
+
+    def info(self, c: CandidateDoc) -> dict[str, str]:
+        return self.job_info[c.index] if c.index < len(self.job_info) else {}
+
+    def outcome(self, c: CandidateDoc) -> tuple[_Outcome | None, str | None]:
+        if self.batched is not None:
+            results = {r.candidate_id: r for r in self.batched.results}
+            return outcome_from_batched(c, results.get(c.candidate_id))
+        if self.per_candidate is None:
+            return None, "the batched relaxation job failed (no output)"
+        doc = self.per_candidate[c.index] if c.index < len(self.per_candidate) else None
+        if doc is not None:
+            return outcome_from_task_doc(c, doc)
+        if not c.valid:
+            return None, f"rejected before relaxation: {c.issue}"
+        return None, (
+            f"relaxation job {self.info(c).get('name', '?')!r} failed: it left no output in the "
+            "job store (its log or FireWorks launch holds the traceback)"
+        )
+
+
+def collect(
+    candidates: list[CandidateDoc], relaxations: Relaxations
+) -> tuple[list[_Outcome], list[FailedCandidate]]:
+    """Sane relaxed outcomes, and every other candidate as a failure naming its stage."""
+    outcomes, failed = [], []
+    for c in candidates:
+        out, why = relaxations.outcome(c)
+        stage = "generation" if not c.valid else "relaxation"
+        if out is not None and (why := sanity_issue(out.structure, out.energy_per_atom)):
+            out, stage = None, "ranking"
+        if out is None:
+            info = relaxations.info(c)
+            failed.append(
+                FailedCandidate(
+                    candidate_id=c.candidate_id, source=c.source, stage=stage,  # type: ignore[arg-type]
+                    reason=why or "unknown", job_uuid=info.get("uuid"), job_name=info.get("name"),
+                )
+            )  # fmt: skip
+        else:
+            outcomes.append(out)
+    return outcomes, failed
+
+
+def deduplicate(
+    outcomes: list[_Outcome], matcher: StructureMatcher
+) -> list[tuple[_Outcome, list[str]]]:
+    """Groups of matching structures, lowest energy first, each represented by its best
+    member (with the candidate ids of the others)."""
+    groups: list[tuple[_Outcome, list[str]]] = []
+    for o in sorted(outcomes, key=lambda o: o.energy_per_atom):
+        for rep, dups in groups:
+            try:
+                same = matcher.fit(rep.structure, o.structure)
+            except Exception:  # noqa: BLE001 - matcher can fail on degenerate cells
+                same = False
+            if same:
+                dups.append(o.candidate.candidate_id)
+                break
+        else:
+            groups.append((o, []))
+    return groups
+
+
+def rank(
+    groups: list[tuple[_Outcome, list[str]]], scores: list[float | None], symprec: float
+) -> list[RankedPolymorph]:
+    e_min = groups[0][0].energy_per_atom if groups else 0.0
+    polymorphs = []
+    for position, ((rep, dups), score) in enumerate(zip(groups, scores, strict=True), start=1):
+        symbol, number = spacegroup(rep.structure, symprec)
+        polymorphs.append(
+            RankedPolymorph(
+                rank=position,
+                candidate_id=rep.candidate.candidate_id,
+                source=rep.candidate.source,
+                structure=rep.structure,
+                formula=rep.structure.composition.formula,
+                energy_per_atom=rep.energy_per_atom,
+                e_above_min_meV=round(1000.0 * (rep.energy_per_atom - e_min), 3),
+                spacegroup_symbol=symbol,
+                spacegroup_number=number,
+                dao_p_score=score,
+                relax_status="converged" if rep.converged else "not converged",
+                implausible=implausibility(rep.energy_per_atom - e_min, rep.converged),
+                n_relax_steps=rep.n_steps,
+                duplicates=dups,
+            )
+        )
+    return polymorphs
+
+
+def timings_of(
+    generation: GenerationDoc, relaxations: Relaxations, outcomes: list[_Outcome]
+) -> dict[str, float]:
+    timings = {f"generation_{k}": v for k, v in generation.timings.items()}
+    timings["generation_s"] = round(sum(generation.timings.values()), 4)
+    relax_times = [float(o.elapsed_s) for o in outcomes if o.elapsed_s is not None]
+    if relaxations.batched is not None:
+        timings["relax_s"] = float(relaxations.batched.elapsed_s)
+    elif relax_times:
+        timings["relax_s"] = round(sum(relax_times), 3)  # summed over jobs
+        timings["relax_max_job_s"] = round(max(relax_times), 3)
+    return timings
+
+
+@dataclass
 class RankingMaker(Maker):
     """Collect relaxations, de-duplicate, assign space groups, rank; one result doc per run.
 
@@ -189,156 +312,13 @@ class RankingMaker(Maker):
         started = time.perf_counter()
         if generation is None:
             raise RuntimeError("the generation job produced no output; nothing to rank")
-        candidates = generation.candidates
-        failed: list[FailedCandidate] = []
-        outcomes: list[_Outcome] = []
-        relax_times: list[float] = []
-
-        batched = isinstance(relaxations, BatchedRelaxDoc) or (
-            isinstance(relaxations, dict) and relaxations.get("doc_type") == "dao_batched_relax"
-        )
-        if batched and isinstance(relaxations, dict):
-            relaxations = BatchedRelaxDoc(**relaxations)
-        by_id = (
-            {r.candidate_id: r for r in relaxations.results} if batched else {}  # type: ignore[union-attr]
-        )
-        per_candidate = list(relaxations) if isinstance(relaxations, list) else []
-        jobs_info = relax_jobs or []
-
-        for c in candidates:
-            info = jobs_info[c.index] if c.index < len(jobs_info) else {}
-            if batched:
-                out, why = outcome_from_batched(c, by_id.get(c.candidate_id))
-            elif relaxations is None:
-                out, why = None, "the batched relaxation job failed (no output)"
-            else:
-                doc = per_candidate[c.index] if c.index < len(per_candidate) else None
-                if doc is None:
-                    out = None
-                    why = (
-                        f"rejected before relaxation: {c.issue}"
-                        if not c.valid
-                        else f"relaxation job {info.get('name', '?')!r} failed: it left no "
-                        "output in the job store (its log or FireWorks launch holds the "
-                        "traceback)"
-                    )
-                else:
-                    out, why = outcome_from_task_doc(c, doc)
-            if out is None:
-                stage = "generation" if not c.valid else "relaxation"
-                failed.append(
-                    FailedCandidate(
-                        candidate_id=c.candidate_id,
-                        source=c.source,
-                        stage=stage,  # type: ignore[arg-type]
-                        reason=why or "unknown",
-                        job_uuid=info.get("uuid"),
-                        job_name=info.get("name"),
-                    )
-                )
-                continue
-            issue = sanity_issue(out.structure, out.energy_per_atom)
-            if issue is not None:
-                failed.append(
-                    FailedCandidate(
-                        candidate_id=c.candidate_id,
-                        source=c.source,
-                        stage="ranking",
-                        reason=issue,
-                        job_uuid=info.get("uuid"),
-                        job_name=info.get("name"),
-                    )
-                )
-                continue
-            if out.elapsed_s is not None:
-                relax_times.append(float(out.elapsed_s))
-            outcomes.append(out)
-
-        # De-duplicate: lowest energy first, so each group is represented by its best member.
-        outcomes.sort(key=lambda o: o.energy_per_atom)
-        matcher = StructureMatcher(**self.matcher)
-        groups: list[tuple[_Outcome, list[str]]] = []
-        for o in outcomes:
-            for rep, dups in groups:
-                try:
-                    same = matcher.fit(rep.structure, o.structure)
-                except Exception:  # noqa: BLE001 - matcher can fail on degenerate cells
-                    same = False
-                if same:
-                    dups.append(o.candidate.candidate_id)
-                    break
-            else:
-                groups.append((o, []))
-
-        scores: list[float | None] = [None] * len(groups)
-        provenance_extra: dict[str, Any] = {}
-        if self.score_model and groups:
-            try:
-                from dao_core.csp import score_energy
-                from dao_flows.generation import cached_model
-
-                raw = score_energy(
-                    [rep.structure for rep, _ in groups],
-                    model=cached_model(self.score_model, self.device),
-                    device=self.device,
-                )
-                scores = [float(s) if np.isfinite(s) else None for s in raw]
-            except Exception as exc:  # noqa: BLE001 - scores are informative, not essential
-                logger.warning("DAO-P scoring of relaxed structures failed: %s", exc)
-                provenance_extra["score_error"] = f"{type(exc).__name__}: {exc}"
-
-        e_min = groups[0][0].energy_per_atom if groups else 0.0
-        polymorphs = []
-        for rank, ((rep, dups), score) in enumerate(zip(groups, scores, strict=True), start=1):
-            symbol, number = spacegroup(rep.structure, self.symprec)
-            polymorphs.append(
-                RankedPolymorph(
-                    rank=rank,
-                    candidate_id=rep.candidate.candidate_id,
-                    source=rep.candidate.source,
-                    structure=rep.structure,
-                    formula=rep.structure.composition.formula,
-                    energy_per_atom=rep.energy_per_atom,
-                    e_above_min_meV=round(1000.0 * (rep.energy_per_atom - e_min), 3),
-                    spacegroup_symbol=symbol,
-                    spacegroup_number=number,
-                    dao_p_score=score,
-                    relax_status="converged" if rep.converged else "not converged",
-                    implausible=implausibility(rep.energy_per_atom - e_min, rep.converged),
-                    n_relax_steps=rep.n_steps,
-                    duplicates=dups,
-                )
-            )
-
-        timings = {f"generation_{k}": v for k, v in generation.timings.items()}
-        timings["generation_s"] = round(sum(generation.timings.values()), 4)
-        if batched:
-            timings["relax_s"] = float(relaxations.elapsed_s)  # type: ignore[union-attr]
-        elif relax_times:
-            timings["relax_s"] = round(sum(relax_times), 3)  # summed over jobs
-            timings["relax_max_job_s"] = round(max(relax_times), 3)
+        relaxed = Relaxations.of(relaxations, relax_jobs)
+        outcomes, failed = collect(generation.candidates, relaxed)
+        groups = deduplicate(outcomes, StructureMatcher(**self.matcher))
+        scores, score_error = self.scores([rep.structure for rep, _ in groups])
+        polymorphs = rank(groups, scores, self.symprec)
+        timings = timings_of(generation, relaxed, outcomes)
         timings["ranking_s"] = round(time.perf_counter() - started, 4)
-
-        provenance = {
-            "generation": {k: v for k, v in generation.provenance.items() if k != "versions"},
-            "relaxation": {"mode": relax_mode, **(relax_settings or {})},
-            "ranking": {
-                "symprec": self.symprec,
-                "structure_matcher": self.matcher or "pymatgen defaults",
-                "score_model": self.score_model,
-                **provenance_extra,
-            },
-            "versions": generation.provenance.get("versions") or package_versions(),
-        }
-        if batched:
-            provenance["relaxation"].update(
-                {
-                    "device": relaxations.device,  # type: ignore[union-attr]
-                    "force_field_version": relaxations.force_field_version,  # type: ignore[union-attr]
-                    "n_model_calls": relaxations.n_model_calls,  # type: ignore[union-attr]
-                }
-            )
-
         doc = CSPResultDoc(
             run_uuid=run_uuid,
             formula=generation.formula,
@@ -348,20 +328,56 @@ class RankingMaker(Maker):
             relax_mode=relax_mode,  # type: ignore[arg-type]
             polymorphs=polymorphs,
             failed=failed,
-            n_candidates=len(candidates),
+            n_candidates=len(generation.candidates),
             n_relaxed=len(outcomes),
             n_unique=len(polymorphs),
-            provenance=provenance,
+            provenance=self.provenance(generation, relaxed, relax_mode, relax_settings),
             timings=timings,
         )
-
+        if score_error:
+            doc.provenance["ranking"]["score_error"] = score_error
         addition = None
         if verify_top > 0 and dft_maker is not None and polymorphs:
-            verify: list[Job | Flow] = []
-            for p in polymorphs[:verify_top]:
-                dft = dft_maker.make(p.structure)
-                dft.name = f"verify rank-{p.rank} {p.candidate_id}"
-                verify.append(dft)
-            doc.verify_jobs = [j.uuid for j in verify]
-            addition = Flow(verify, name=f"dao verify top-{verify_top} {generation.formula}")
+            from dao_flows.verification import verification_flow
+
+            addition = verification_flow(polymorphs[:verify_top], dft_maker, generation.formula)
+            doc.verify_jobs = [j.uuid for j in addition.jobs]
         return Response(output=doc, addition=addition)
+
+    def scores(self, structures: list[Structure]) -> tuple[list[float | None], str | None]:
+        """DAO-P scores of the relaxed structures (informative: a failure is recorded)."""
+        if not self.score_model or not structures:
+            return [None] * len(structures), None
+        try:
+            from dao_core.csp import score_energy
+            from dao_flows.generation import cached_model
+
+            model = cached_model(self.score_model, self.device)
+            raw = score_energy(structures, model=model, device=self.device)
+            return [float(s) if np.isfinite(s) else None for s in raw], None
+        except Exception as exc:  # noqa: BLE001 - scores are informative, not essential
+            logger.warning("DAO-P scoring of relaxed structures failed: %s", exc)
+            return [None] * len(structures), f"{type(exc).__name__}: {exc}"
+
+    def provenance(
+        self,
+        generation: GenerationDoc,
+        relaxed: Relaxations,
+        relax_mode: str,
+        relax_settings: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        relaxation: dict[str, Any] = {"mode": relax_mode, **(relax_settings or {})}
+        if relaxed.batched is not None:
+            relaxation["device"] = relaxed.batched.device
+            relaxation["force_field_version"] = relaxed.batched.force_field_version
+            relaxation["n_model_calls"] = relaxed.batched.n_model_calls
+        return {
+            "generation": {k: v for k, v in generation.provenance.items() if k != "versions"},
+            "relaxation": relaxation,
+            "ranking": {
+                "symprec": self.symprec,
+                "structure_matcher": self.matcher or "pymatgen defaults",
+                "score_model": self.score_model,
+            },
+            "versions": generation.provenance.get("versions") or package_versions(),
+        }

@@ -24,7 +24,6 @@ from pymatgen.core import Structure
 
 from dao_core.data import right_handed_structure
 from dao_flows.batched_fire import (  # noqa: F401 - re-exported
-    EV_PER_A3_PER_GPA,
     FIRE_DEFAULTS,
     BatchRelaxResult,
     batched_fire_relax,
@@ -57,14 +56,18 @@ class CandidateRelaxMaker(ForceFieldRelaxMaker):
 
 
 def default_relax_maker(
-    force_field: str = "CHGNet",
-    fmax: float = 0.05,
-    steps: int = 500,
+    force_field: str | None = None,
+    fmax: float | None = None,
+    steps: int | None = None,
     relax_cell: bool = True,
     device: str | None = None,
 ) -> ForceFieldRelaxMaker:
     """atomate2's force-field relaxation (FIRE + FrechetCellFilter) as used per candidate
-    (:class:`CandidateRelaxMaker`: rejected candidates, passed as None, give no output)."""
+    (:class:`CandidateRelaxMaker`: rejected candidates, passed as None, give no output);
+    unset settings are :class:`BatchedRelaxMaker`'s, so both routes relax alike."""
+    force_field = force_field or BatchedRelaxMaker.force_field_name
+    fmax = BatchedRelaxMaker.fmax if fmax is None else fmax
+    steps = BatchedRelaxMaker.steps if steps is None else steps
     calculator_kwargs: dict[str, Any] = {}
     if device:
         calculator_kwargs["use_device" if force_field.lower() == "chgnet" else "device"] = device
@@ -100,7 +103,7 @@ class BatchedRelaxMaker(Maker):
     name: str = "dao batched relax"
     force_field_name: str = "CHGNet"
     fmax: float = 0.05
-    steps: int = 500
+    steps: int = 300  # FIRE steps; candidates not converged by then are flagged, not lost
     relax_cell: bool = True
     device: str | None = None
     batch_size: int = 64

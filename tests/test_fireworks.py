@@ -46,7 +46,7 @@ def dao_env(tmp_path, monkeypatch, checkpoints):
 
 
 def test_embedded_launchpad_rapidfire_survives_a_fizzled_relaxation(dao_env, tmp_path):
-    flow = dao_csp_flow("NaCl", **SMALL)
+    flow = dao_csp_flow("NaCl", relax="per-candidate", **SMALL)  # one firework each
     (bad,) = [j for j in flow.jobs if j.name.endswith("pyxtal-001")]
     bad.function_args = (nan_structure(),)  # this candidate's relaxation raises
 

@@ -298,7 +298,7 @@ def test_polymorphs_far_above_the_best_are_flagged():
 
 def test_csp_flow_per_candidate_run_locally_and_rerun(dao_env):
     store = get_store()
-    flow = dao_csp_flow("NaCl", **SMALL)
+    flow = dao_csp_flow("NaCl", relax="per-candidate", **SMALL)
     assert len(flow.jobs) == 1 + 5 + 1  # generation, one relaxation per candidate, ranking
     run_locally(flow, store=store, log=False)
 
@@ -330,7 +330,7 @@ def test_csp_flow_per_candidate_run_locally_and_rerun(dao_env):
 
 def test_failed_relaxation_job_does_not_take_the_run_down(dao_env):
     store = get_store()
-    flow = dao_csp_flow("NaCl", **SMALL)
+    flow = dao_csp_flow("NaCl", relax="per-candidate", **SMALL)
     (bad,) = [j for j in flow.jobs if j.name.endswith("pyxtal-001")]
     bad.function_args = (nan_structure(),)  # inject a candidate whose relaxation raises
     run_locally(flow, store=store, log=False)
@@ -364,7 +364,7 @@ def test_template_slots_match_the_fitting_templates(dao_env, tmp_path):
         filename=str(folder / "CsCl.cif")
     )
     options = {**SMALL, "n_random": 0, "n_template": 6, "templates": str(folder)}
-    flow = dao_csp_flow("NaCl", **options)
+    flow = dao_csp_flow("NaCl", relax="per-candidate", **options)
     relax_names = [j.name for j in flow.jobs if "template" in j.name]
     assert len(relax_names) == 4
     store = get_store()
@@ -522,3 +522,29 @@ def test_user_structures_are_ranked_with_the_generated_ones(dao_env, tmp_path):
         dao_csp_flow("NaCl", **dict(SMALL, structures=[str(wrong)]))
     with pytest.raises(DAOInputError, match="cannot read user structure"):
         dao_csp_flow("NaCl", **dict(SMALL, structures=[str(tmp_path / "missing.cif")]))
+
+
+def test_cli_and_flow_share_the_makers_defaults(monkeypatch):
+    """`dao csp` passes only the options it was given, and dao_csp_flow with none builds the
+    Makers' own defaults: one set of defaults, stated once, in the Makers."""
+    import dao_flows.flows as flows
+    from dao_flows.cli import app
+    from dao_flows.flows import DAOCSPMaker, default_options
+
+    seen = []
+
+    def record(formula, **options):
+        seen.append(options)
+        raise DAOInputError("recorded")  # stop before anything runs
+
+    monkeypatch.setattr(flows, "dao_csp_flow", record)
+    result = CliRunner().invoke(app, ["csp", "NaCl"])
+    assert "recorded" in result.output and seen == [{}]
+    CliRunner().invoke(app, ["csp", "NaCl", "--n", "3", "--guidance", "none"])
+    assert seen[-1] == {"n": 3, "guidance": None}
+    assert DAOCSPMaker.from_options() == DAOCSPMaker()
+    defaults = default_options(DAOCSPMaker())
+    assert defaults["relax_steps"][0] == flows.BatchedRelaxMaker.steps
+    assert defaults["n"][0] == DAOGenerationMaker.n and defaults["relax"][0] == "batched"
+    with pytest.raises(DAOInputError, match="unknown CSP option.*'nn'"):
+        DAOCSPMaker.from_options(nn=3)

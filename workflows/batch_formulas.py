@@ -12,35 +12,27 @@ import argparse
 from jobflow import run_locally
 
 from dao_flows import dao_csp_batch_flow, get_store
+from dao_flows.flows import OPTIONS
 from dao_flows.queries import get_result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="DAO CSP for several formulas in one flow")
     ap.add_argument("formulas", nargs="*", default=["NaCl", "MgO", "KBr"])
-    ap.add_argument("--n", type=int, default=10)
-    ap.add_argument("--n-random", type=int, default=40)
-    ap.add_argument("--n-template", type=int, default=20, help="template substitutions")
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--n", type=int)
+    ap.add_argument("--n-random", type=int)
+    ap.add_argument("--n-template", type=int, help="template substitutions")
+    ap.add_argument("--steps", type=int)
     ap.add_argument("--formula-units", type=int, default=None)
     ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--relax", choices=["per-candidate", "batched"], default="batched")
-    ap.add_argument("--relax-steps", type=int, default=500)
-    ap.add_argument("--fmax", type=float, default=0.05)
+    ap.add_argument("--relax", choices=["per-candidate", "batched"])
+    ap.add_argument("--relax-steps", type=int)
+    ap.add_argument("--fmax", type=float)
     args = ap.parse_args()
 
-    flow = dao_csp_batch_flow(
-        args.formulas,
-        n=args.n,
-        n_random=args.n_random,
-        n_template=args.n_template,
-        steps=args.steps,
-        formula_units=args.formula_units,
-        seed=args.seed,
-        relax=args.relax,
-        relax_steps=args.relax_steps,
-        fmax=args.fmax,
-    )
+    # Only the options given on the command line: the rest are the Makers' defaults.
+    options = {k: v for k, v in vars(args).items() if k in OPTIONS and v is not None}
+    flow = dao_csp_batch_flow(args.formulas, **options)
     store = get_store()
     run_locally(flow, store=store, log=False)
     for sub in flow.jobs:  # one CSP sub-flow per formula; its uuid is the run uuid

@@ -42,54 +42,32 @@ def input_errors_exit(func):  # type: ignore[no-untyped-def]
     return wrapper
 
 
-def _flow_options(
-    n: int,
-    n_random: int,
-    n_template: int,
-    templates: str | None,
-    steps: int | None,
-    scale: float | None,
-    formula_units: int | None,
-    seed: int | None,
-    relax: str,
-    fmax: float,
-    relax_steps: int,
-    force_field: str,
-    verify_top: int,
-    device: str | None,
-    model: str | None,
-    guidance: str | None,
-) -> dict[str, Any]:
+def _flow_options(**given: Any) -> dict[str, Any]:
+    """The options the user gave (None = not given): every other default stays the Makers'
+    own (``DAOCSPMaker.from_options``), so the CLI never restates a number."""
     from dao_core.errors import DAOInputError
 
-    if relax not in ("batched", "per-candidate"):
-        raise DAOInputError(f"--relax must be 'batched' or 'per-candidate', not {relax!r}")
-    opts: dict[str, Any] = dict(
-        n=n,
-        n_random=n_random,
-        n_template=n_template,
-        templates=templates,
-        steps=steps,
-        scale=scale,
-        formula_units=formula_units,
-        seed=seed,
-        relax=relax,
-        fmax=fmax,
-        relax_steps=relax_steps,
-        force_field=force_field,
-        verify_top=verify_top,
-        device=device,
-        model=model,
-    )
-    if guidance is not None:
-        opts["guidance"] = None if guidance.lower() == "none" else guidance
+    opts = {k: v for k, v in given.items() if v is not None and v != []}
+    if opts.get("relax", "batched") not in ("batched", "per-candidate"):
+        raise DAOInputError(f"--relax must be 'batched' or 'per-candidate', not {opts['relax']!r}")
+    if str(opts.get("guidance", "")).lower() == "none":
+        opts["guidance"] = None
+    if "structures" in opts:
+        opts["structures"] = [str(p) for p in opts["structures"]]
     return opts
 
 
 # Options shared by `dao csp` and `dao submit`.
-N = Annotated[int, typer.Option("--n", "-n", help="DAO-G candidates")]
-NRandom = Annotated[int, typer.Option(help="pyxtal random candidates, ranked together")]
-NTemplate = Annotated[int, typer.Option(help="template-substitution candidates")]
+# Defaults left as None are the Makers' own (dao_flows.flows.DAOCSPMaker.from_options).
+N = Annotated[
+    int | None, typer.Option("--n", "-n", help="DAO-G candidates (defaults: `dao defaults`)")
+]
+NRandom = Annotated[int | None, typer.Option(help="pyxtal random candidates, ranked together")]
+NTemplate = Annotated[int | None, typer.Option(help="template-substitution candidates")]
+Structures = Annotated[
+    list[Path] | None,
+    typer.Option("--structure", help="your own candidate (CIF/POSCAR); repeatable"),
+]
 Templates = Annotated[
     str | None, typer.Option(help="template library: .npz, CDVAE CSV or CIF folder (default: MP)")
 ]
@@ -99,117 +77,128 @@ Steps = Annotated[
 Scale = Annotated[float | None, typer.Option(help="DAO-P guidance scale w (0 = off; authors: 20)")]
 FormulaUnits = Annotated[int | None, typer.Option(help="formula units per cell")]
 Seed = Annotated[int | None, typer.Option(help="random seed (recorded in the result)")]
-Relax = Annotated[str, typer.Option(help="batched | per-candidate")]
-Fmax = Annotated[float, typer.Option(help="relaxation force threshold, eV/Å")]
-RelaxSteps = Annotated[int, typer.Option(help="max relaxation steps per candidate")]
-ForceField = Annotated[str, typer.Option(help="CHGNet (default) or SevenNet (per-candidate)")]
-VerifyTop = Annotated[int, typer.Option(help="DFT-verify the K best (Quantum ESPRESSO)")]
+Relax = Annotated[str | None, typer.Option(help="batched | per-candidate")]
+Fmax = Annotated[float | None, typer.Option(help="relaxation force threshold, eV/Å")]
+RelaxSteps = Annotated[int | None, typer.Option(help="max relaxation steps per candidate")]
+ForceField = Annotated[
+    str | None, typer.Option(help="CHGNet (default) or SevenNet (per-candidate)")
+]
+VerifyTop = Annotated[int | None, typer.Option(help="DFT-verify the K best (Quantum ESPRESSO)")]
 Device = Annotated[str | None, typer.Option(help="cpu | cuda (default: GPU if present)")]
 Model = Annotated[str | None, typer.Option(help="DAO-G checkpoint (name or path)")]
 Guidance = Annotated[str | None, typer.Option(help="DAO-P checkpoint (name, path or 'none')")]
 
 
-def result_table(result: Any, top: int | None = None) -> Table:
-    """Rich table of a CSPResultDoc's ranked polymorphs."""
-    table = Table(
-        title=f"{result.formula}: {result.n_unique} unique / {result.n_candidates} "
-        f"candidates ({result.relax_mode} relaxation)"
-    )
-    for col, kw in (
-        ("#", {"justify": "right"}),
-        ("formula", {"no_wrap": True}),
-        ("space group", {"no_wrap": True}),
-        ("E−Emin meV/atom", {"justify": "right"}),
-        ("E eV/atom", {"justify": "right"}),
-        ("DAO-P", {"justify": "right"}),
-        ("source", {}),
-        ("candidate", {}),
-        ("relax", {}),
-    ):
-        table.add_column(col, **kw)
-    polys = result.polymorphs[:top] if top else result.polymorphs
-    for p in polys:
-        table.add_row(
-            str(p.rank),
-            p.structure.composition.reduced_formula,
-            f"{p.spacegroup_symbol} #{p.spacegroup_number}",
-            f"{p.e_above_min_meV:.1f}",
-            f"{p.energy_per_atom:.4f}",
-            "—" if p.dao_p_score is None else f"{p.dao_p_score:.3f}",
-            p.source,
-            p.candidate_id + (f" (+{len(p.duplicates)})" if p.duplicates else ""),
-            "ok"
-            if p.implausible is None
-            else ("unconv." if p.relax_status != "converged" else "implausible"),
-        )
-    return table
+def _print_result(result: Any, top: int | None, dft_rows: list[dict[str, Any]] | None) -> None:
+    """Ranking table, failed candidates and the DFT check: what `csp` and `query` print."""
+    from dao_flows.report import dft_table, result_table
 
-
-def _print_failures(result: Any) -> None:
+    console.print(result_table(result, top))
     if result.failed:
         console.print(f"[yellow]{len(result.failed)} candidate(s) failed:[/]")
         for f in result.failed:
             console.print(f"  {f.candidate_id} ({f.stage}): {f.reason}")
+    if dft_rows:
+        console.print(dft_table(dft_rows))
+
+
+@app.command()
+def defaults() -> None:
+    """The default of every `dao csp` / `dao submit` / `dao_csp_flow` option, read from the
+    Makers that own them."""
+    from dao_flows.flows import DAOCSPMaker, default_options
+
+    table = Table("option", "default", "owner")
+    for option, (value, owner) in default_options(DAOCSPMaker()).items():
+        table.add_row(option, repr(value), owner)
+    console.print(table)
 
 
 @app.command()
 @input_errors_exit
 def csp(
     formula: Annotated[str, typer.Argument(help="composition, e.g. CsV3Sb5")],
-    n: N = 20,
-    n_random: NRandom = 40,
-    n_template: NTemplate = 20,
+    n: N = None,
+    n_random: NRandom = None,
+    n_template: NTemplate = None,
     templates: Templates = None,
+    structures: Structures = None,
     steps: Steps = None,
     scale: Scale = None,
     formula_units: FormulaUnits = None,
     seed: Seed = None,
-    relax: Relax = "batched",
-    fmax: Fmax = 0.05,
-    relax_steps: RelaxSteps = 300,
-    force_field: ForceField = "CHGNet",
-    verify_top: VerifyTop = 0,
+    relax: Relax = None,
+    fmax: Fmax = None,
+    relax_steps: RelaxSteps = None,
+    force_field: ForceField = None,
+    verify_top: VerifyTop = None,
     device: Device = None,
     model: Model = None,
     guidance: Guidance = None,
-    out: Annotated[Path | None, typer.Option(help="folder for CIFs + plot")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for CIFs, figures, summary")] = None,
     top: Annotated[int | None, typer.Option(help="rows to print / CIFs to write")] = None,
+    xrd_top: Annotated[int, typer.Option(help="polymorphs in the XRD figure")] = 5,
 ) -> None:
     """Predict crystal structures for FORMULA: DAO-G -> CHGNet relaxation -> ranking.
 
-    Runs here on the DAO store (see `dao query`), prints the ranked polymorphs and writes CIFs
-    and an energy-ranking plot to --out (default ./dao_csp_<formula>).
+    Runs here on the DAO store (see `dao query`), prints the ranked polymorphs and writes to
+    --out (default ./dao_csp_<formula>) CIFs, an energy-ranking plot, simulated XRD of the
+    best, summary.md, and dao_csp.log with the libraries' warnings and logs.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from dao_flows.flows import dao_csp_flow
-    from dao_flows.local import run_flow
-    from dao_flows.plots import plot_ranking
-    from dao_flows.queries import write_structures
+    from dao_flows.logs import library_output_to
+    from dao_flows.queries import dft_verifications, write_structures
+    from dao_flows.report import LOG_FILE, write_report
     from dao_flows.schemas import CSPResultDoc
     from dao_flows.stores import describe_store, get_store
 
     opts = _flow_options(
-        n,
-        n_random,
-        n_template,
-        templates,
-        steps,
-        scale,
-        formula_units,
-        seed,
-        relax,
-        fmax,
-        relax_steps,
-        force_field,
-        verify_top,
-        device,
-        model,
-        guidance,
-    )
+        n=n, n_random=n_random, n_template=n_template, templates=templates,
+        structures=structures, steps=steps, scale=scale, formula_units=formula_units,
+        seed=seed, relax=relax, fmax=fmax, relax_steps=relax_steps, force_field=force_field,
+        verify_top=verify_top, device=device, model=model, guidance=guidance,
+    )  # fmt: skip
     flow = dao_csp_flow(formula, **opts)  # validates the input before any job runs
     store = get_store()
+    where = describe_store(store)
+    out_dir = out or Path(f"dao_csp_{formula}")
+    with library_output_to(out_dir / LOG_FILE, console=console) as log:
+        result, failures = _run_with_progress(flow, store, formula)
+        if result is None:
+            console.print(
+                "[bold red]error:[/] the flow produced no result; failed jobs: "
+                f"{', '.join(failures) or 'unknown'} (details in {log})"
+            )
+            raise typer.Exit(1)
+        if isinstance(result, dict):
+            result = CSPResultDoc.model_validate(result)
+        dft_rows = dft_verifications(result, store) if result.verify_jobs else None
+        _print_result(result, top, dft_rows)
+        polys = result.polymorphs[:top] if top else result.polymorphs
+        cifs = write_structures(polys, out_dir, "cif")
+        files = write_report(
+            result, out_dir, where, cifs, dft_rows=dft_rows, top=top, xrd_top=xrd_top
+        )
+    t = result.timings
+    console.print(
+        f"timings: generation {t.get('generation_s', 0):.1f} s, relaxation "
+        f"{t.get('relax_s', 0):.1f} s, ranking {t.get('ranking_s', 0):.2f} s"
+    )
+    console.print(
+        f"wrote {len(cifs)} CIF(s), {', '.join(f.name for f in files.values())} and "
+        f"{log.name} (library warnings and logs) to {out_dir}"
+    )
+    console.print(f"stored as run {result.run_uuid} in {where}")
+
+
+def _run_with_progress(flow: Any, store: Any, formula: str) -> tuple[Any, list[str]]:
+    """Run the flow here with a progress bar of its jobs; (flow output, failed job names)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dao_flows.local import run_flow
+
     n_jobs = len(flow.jobs)
+    failures: list[str] = []
     with Progress(
         TextColumn("[bold blue]{task.description}"),
         BarColumn(),
@@ -217,73 +206,22 @@ def csp(
         TimeElapsedColumn(),
         console=console,
         transient=False,
+        redirect_stdout=False,  # library prints go to the log file, not above the bar
+        redirect_stderr=False,
     ) as progress:
         task = progress.add_task(f"{formula}: starting", total=n_jobs)
-        failures: list[str] = []
 
         def on_job(event: str, name: str) -> None:
             if event == "start":
                 progress.update(task, description=f"{formula}: {name}")
-            elif event == "finish":
+            elif event in ("finish", "fail"):
                 progress.advance(task)
-            elif event == "fail":
+            if event == "fail":
                 failures.append(name)
-                progress.advance(task)
 
         result = run_flow(flow, store=store, on_job=on_job)
         progress.update(task, description=f"{formula}: done", completed=n_jobs)
-    if result is None:
-        console.print(
-            "[bold red]error:[/] the flow produced no result; failed jobs: "
-            + (", ".join(failures) or "unknown")
-        )
-        raise typer.Exit(1)
-    if isinstance(result, dict):
-        result = CSPResultDoc.model_validate(result)
-
-    console.print(result_table(result, top))
-    _print_failures(result)
-    if result.verify_jobs:
-        console.print(dft_table(result, store))
-    out_dir = out or Path(f"dao_csp_{formula}")
-    cifs = write_structures(result.polymorphs[:top] if top else result.polymorphs, out_dir, "cif")
-    plot = plot_ranking(result, out_dir / "energy_ranking.png")
-    t = result.timings
-    console.print(
-        f"timings: generation {t.get('generation_s', 0):.1f} s, relaxation "
-        f"{t.get('relax_s', 0):.1f} s, ranking {t.get('ranking_s', 0):.2f} s"
-    )
-    console.print(f"wrote {len(cifs)} CIF(s) and {plot.name} to {out_dir}")
-    console.print(f"stored as run {result.run_uuid} in {describe_store(store)}")
-
-
-def dft_table(result: Any, store: Any) -> Table:
-    """ML ranking next to the DFT (pw.x) energies of the verified top-k, and their agreement."""
-    from scipy.stats import kendalltau
-
-    from dao_flows.queries import dft_verifications
-
-    rows = dft_verifications(result, store)
-    done = [r for r in rows if r["success"]]
-    best = min((r["dft_energy_per_atom"] for r in done), default=None)
-    order = sorted(done, key=lambda r: r["dft_energy_per_atom"])
-    dft_rank = {r["rank"]: i + 1 for i, r in enumerate(order)}
-    title = "DFT verification (Quantum ESPRESSO)"
-    if len(done) > 1:
-        tau = kendalltau([r["rank"] for r in done], [dft_rank[r["rank"]] for r in done])[0]
-        title += f": Kendall tau of ML vs DFT order = {tau:.2f}"
-    table = Table("ML #", "candidate", "ML E eV/atom", "DFT #", "DFT E eV/atom",
-                  "DFT E-Emin meV/atom", "status", title=title)  # fmt: skip
-    for r in rows:
-        ok = r["success"]
-        table.add_row(
-            str(r["rank"]), r["candidate_id"], f"{r['ml_energy_per_atom']:.4f}",
-            str(dft_rank.get(r["rank"], "-")),
-            f"{r['dft_energy_per_atom']:.4f}" if ok else "-",
-            f"{1000 * (r['dft_energy_per_atom'] - best):.1f}" if ok else "-",
-            "ok" if ok else f"failed: {r['failure_reason']}",
-        )  # fmt: skip
-    return table
+    return result, failures
 
 
 @app.command()
@@ -295,19 +233,20 @@ def submit(
     ] = None,
     launch: Annotated[bool, typer.Option(help="also run it now (rapidfire, this process)")] = False,
     launch_dir: Annotated[Path | None, typer.Option(help="where rapidfire runs jobs")] = None,
-    n: N = 20,
-    n_random: NRandom = 40,
-    n_template: NTemplate = 20,
+    n: N = None,
+    n_random: NRandom = None,
+    n_template: NTemplate = None,
     templates: Templates = None,
+    structures: Structures = None,
     steps: Steps = None,
     scale: Scale = None,
     formula_units: FormulaUnits = None,
     seed: Seed = None,
-    relax: Relax = "per-candidate",
-    fmax: Fmax = 0.05,
-    relax_steps: RelaxSteps = 300,
-    force_field: ForceField = "CHGNet",
-    verify_top: VerifyTop = 0,
+    relax: Relax = None,
+    fmax: Fmax = None,
+    relax_steps: RelaxSteps = None,
+    force_field: ForceField = None,
+    verify_top: VerifyTop = None,
     device: Device = None,
     model: Model = None,
     guidance: Guidance = None,
@@ -323,23 +262,11 @@ def submit(
 
         raise DAOInputError(f"LaunchPad file {launchpad} does not exist")
     opts = _flow_options(
-        n,
-        n_random,
-        n_template,
-        templates,
-        steps,
-        scale,
-        formula_units,
-        seed,
-        relax,
-        fmax,
-        relax_steps,
-        force_field,
-        verify_top,
-        device,
-        model,
-        guidance,
-    )
+        n=n, n_random=n_random, n_template=n_template, templates=templates,
+        structures=structures, steps=steps, scale=scale, formula_units=formula_units,
+        seed=seed, relax=relax, fmax=fmax, relax_steps=relax_steps, force_field=force_field,
+        verify_top=verify_top, device=device, model=model, guidance=guidance,
+    )  # fmt: skip
     flow = dao_csp_flow(formula, **opts)
     store = get_store()
     info = submit_flow(flow, launchpad_file=launchpad, store=store)
@@ -375,7 +302,7 @@ def query(
 ) -> None:
     """Show CSP results from the store: the latest run's ranking for FORMULA, or all runs."""
     _wide_console()
-    from dao_flows.queries import get_result, list_runs
+    from dao_flows.queries import dft_verifications, get_result, list_runs
     from dao_flows.stores import describe_store, get_store
 
     store = get_store()
@@ -415,10 +342,7 @@ def query(
     if result is None:
         console.print(f"run {run} not found")
         raise typer.Exit(1)
-    console.print(result_table(result, top))
-    _print_failures(result)
-    if result.verify_jobs:
-        console.print(dft_table(result, store))
+    _print_result(result, top, dft_verifications(result, store) if result.verify_jobs else None)
     console.print(f"run {result.run_uuid} ({len(rows)} run(s) for {result.reduced_formula})")
 
 

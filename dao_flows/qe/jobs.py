@@ -21,6 +21,7 @@ from pymatgen.core import Structure
 from dao_flows.qe.inputs import PWSettings
 from dao_flows.qe.run import run_pw
 from dao_flows.qe.schemas import QEVerificationDoc
+from dao_flows.verification import verification_flow
 
 
 @dataclass
@@ -65,10 +66,6 @@ def qe_verification_flow(
     Failed calculations do not stop the flow: each job returns a doc with
     ``success=False`` instead of raising.
     """
-    maker = maker or PWMaker()
-    jobs = []
-    for i, s in enumerate(structures):
-        j = maker.make(s)
-        j.name = f"{maker.name} {i} {s.composition.reduced_formula}"
-        jobs.append(j)
-    return Flow(jobs, output=[j.output for j in jobs], name=name)
+    flow = verification_flow(structures, maker or PWMaker())
+    flow.name = name
+    return flow
