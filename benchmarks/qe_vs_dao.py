@@ -3,7 +3,7 @@
 QE side (implemented here): ``run_qe_side(structure, settings)`` runs a pw.x ``vc-relax``
 from a start structure and returns the document plus wall seconds.
 
-DAO side: ``dao_flows.flows.run_dao_side(formula) -> (Structure, seconds)``, the whole DAO
+DAO side: ``dao_flows.local.run_dao_side(formula) -> (Structure, seconds)``, the whole DAO
 route (8 candidates, batched CHGNet relaxation, ranking) on an in-memory store. The table gives
 QE seconds / DAO seconds and the normalised RMSE between the two final structures.
 
@@ -26,7 +26,7 @@ from pymatgen.core import Composition, Lattice, Structure
 from dao_flows.qe import PWSettings, QEVerificationDoc, run_pw
 
 try:  # DAO side: written by the CSP flow author; optional until then.
-    from dao_flows.flows import run_dao_side as _run_dao_side
+    from dao_flows.local import run_dao_side as _run_dao_side
 except ImportError:  # module or function not there yet
     _run_dao_side = None
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pw_command:
         settings = settings.model_copy(update={"pw_command": args.pw_command})
     root = Path(args.workdir or tempfile.mkdtemp(prefix="qe_vs_dao_"))
-    print(f"DAO side: {'dao_flows.flows.run_dao_side' if run_dao_side else 'not available'}")
+    print(f"DAO side: {'dao_flows.local.run_dao_side' if run_dao_side else 'not available'}")
     print(f"QE settings: {'production' if args.production else 'quick'}; runs in {root}\n")
     if args.cif:
         start = Structure.from_file(args.cif)

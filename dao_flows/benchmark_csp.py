@@ -50,7 +50,8 @@ def cell_formula(record: CrystalRecord) -> str:
 
 def run_case(record: CrystalRecord, options: dict[str, Any], top: int) -> CSPBenchmarkRow:
     from dao_flows.batched_fire import batched_fire_relax
-    from dao_flows.flows import dao_csp_flow, run_in_memory
+    from dao_flows.flows import dao_csp_flow
+    from dao_flows.local import run_in_memory
 
     formula = cell_formula(record)
     row = CSPBenchmarkRow(record.material_id, formula, record.num_atoms, 0.0)

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from jobflow import Flow, Job, Maker
-from jobflow.core.job import JobConfig
-from jobflow.core.reference import OnMissing
 from jobflow.utils import suid
 
 from dao_flows.generation import (
@@ -197,9 +195,7 @@ class DAOCSPMaker(Maker):
             verify_top=self.verify_top,
             dft_maker=dft_maker if self.verify_top > 0 else None,
         )
-        # Failed relaxations must reach the ranking as None, not cancel it.
-        rank.config = JobConfig(on_missing_references=OnMissing.NONE)
-        jobs.append(rank)
+        jobs.append(rank)  # ranking_job: failed relaxations reach it as None
         flow = Flow(jobs, output=rank.output, name=f"{self.name} {formula}", uuid=run_uuid)
         flow.update_metadata({"dao_run": run_uuid, "formula": formula})
         return flow
@@ -257,34 +253,3 @@ def dao_csp_batch_flow(formulas: list[str], **options: Any) -> Flow:
     return Flow(
         subflows, output=[f.output for f in subflows], name=f"dao csp batch ({len(formulas)})"
     )
-
-
-def run_dao_side(formula: str, **options: Any) -> tuple[Any, float]:
-    """The whole DAO route for ``formula`` in this process on an in-memory store:
-    generation -> batched CHGNet relaxation -> ranking. Returns (best structure, wall seconds).
-
-    Used by ``benchmarks/qe_vs_dao.py`` to time DAO against a pw.x vc-relax.
-    """
-    import time
-
-    options = {"n": 8, "relax": "batched", **options}
-    started = time.perf_counter()
-    result = run_in_memory(dao_csp_flow(formula, **options))
-    return result.polymorphs[0].structure, time.perf_counter() - started
-
-
-def run_in_memory(flow: Flow) -> Any:
-    """Run a CSP flow in this process on an in-memory store; its :class:`CSPResultDoc`."""
-    from jobflow import JobStore
-    from maggma.stores import MemoryStore
-
-    from dao_flows.local import run_flow
-    from dao_flows.schemas import CSPResultDoc
-
-    store = JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
-    result = run_flow(flow, store=store)
-    if isinstance(result, dict):
-        result = CSPResultDoc.model_validate(result)
-    if result is None or not result.polymorphs:
-        raise RuntimeError(f"the flow {flow.name!r} produced no ranked structure")
-    return result

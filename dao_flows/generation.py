@@ -13,11 +13,12 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from jobflow import Maker, job
+from jobflow import Maker
 from pymatgen.core import Composition, Element, Structure
 
 from dao_core.csp import DEFAULT_GENERATOR, DEFAULT_GUIDANCE, DEFAULT_SCALE
 from dao_flows.batched_fire import MAX_VOLUME_PER_ATOM, MIN_VOLUME_PER_ATOM
+from dao_flows.jobs import generation_job
 from dao_flows.schemas import CandidateDoc, GenerationDoc, package_versions
 from dao_flows.templates import TemplateLibrary
 
@@ -237,7 +238,7 @@ class DAOGenerationMaker(Maker):
         if self.guidance == "default":
             self.guidance = default_guidance()
 
-    @job
+    @generation_job
     def make(self, formula: str, formula_units: int | None = None) -> GenerationDoc:
         from dao_core.csp import generate, score_energy
 

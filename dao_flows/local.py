@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dao_flows.flows import dao_csp_flow
 from dao_flows.schemas import CSPResultDoc
 
 if TYPE_CHECKING:
@@ -83,8 +84,6 @@ def run_csp(
 ) -> CSPResultDoc:
     """Build :func:`dao_flows.flows.dao_csp_flow` (``**options``), run it here, return the
     :class:`CSPResultDoc` (also stored in the job store)."""
-    from dao_flows.flows import dao_csp_flow
-
     flow = dao_csp_flow(formula, **options)
     result = run_flow(flow, store=store, root_dir=root_dir, on_job=on_job)
     if result is None:
@@ -94,4 +93,32 @@ def run_csp(
         )
     if isinstance(result, dict):
         result = CSPResultDoc.model_validate(result)
+    return result
+
+
+def run_dao_side(formula: str, **options: Any) -> tuple[Any, float]:
+    """The whole DAO route for ``formula`` in this process on an in-memory store:
+    generation -> batched CHGNet relaxation -> ranking. Returns (best structure, wall seconds).
+
+    Used by ``benchmarks/qe_vs_dao.py`` to time DAO against a pw.x vc-relax.
+    """
+    import time
+
+    options = {"n": 8, "relax": "batched", **options}
+    started = time.perf_counter()
+    result = run_in_memory(dao_csp_flow(formula, **options))
+    return result.polymorphs[0].structure, time.perf_counter() - started
+
+
+def run_in_memory(flow: Flow) -> Any:
+    """Run a CSP flow in this process on an in-memory store; its :class:`CSPResultDoc`."""
+    from jobflow import JobStore
+    from maggma.stores import MemoryStore
+
+    store = JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
+    result = run_flow(flow, store=store)
+    if isinstance(result, dict):
+        result = CSPResultDoc.model_validate(result)
+    if result is None or not result.polymorphs:
+        raise RuntimeError(f"the flow {flow.name!r} produced no ranked structure")
     return result

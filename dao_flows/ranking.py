@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from jobflow import Maker, Response, job
-from jobflow.core.job import JobConfig
-from jobflow.core.reference import OnMissing
+from jobflow import Maker, Response
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from dao_flows.generation import check_structure
+from dao_flows.jobs import ranking_job
 from dao_flows.schemas import (
     BatchedRelaxDoc,
     CandidateDoc,
@@ -297,7 +296,7 @@ class RankingMaker(Maker):
 
             self.score_model = default_guidance()
 
-    @job(config=JobConfig(on_missing_references=OnMissing.NONE))
+    @ranking_job
     def make(
         self,
         generation: GenerationDoc | None,

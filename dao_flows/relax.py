@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atomate2.forcefields.jobs import ForceFieldRelaxMaker, forcefield_job
-from jobflow import Maker, job
+from jobflow import Maker
 from pymatgen.core import Structure
 
 from dao_core.data import right_handed_structure
@@ -29,6 +29,7 @@ from dao_flows.batched_fire import (  # noqa: F401 - re-exported
     batched_fire_relax,
     load_chgnet,
 )
+from dao_flows.jobs import batched_relax_job
 from dao_flows.schemas import BatchedRelaxDoc, CandidateDoc, GenerationDoc, RelaxedCandidate
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class BatchedRelaxMaker(Maker):
     batch_size: int = 64
     fire: dict[str, float] = field(default_factory=dict)
 
-    @job(data=["energies"])
+    @batched_relax_job
     def make(self, generation: GenerationDoc | list[CandidateDoc]) -> BatchedRelaxDoc:
         if str(self.force_field_name).lower() != "chgnet":
             raise ValueError(

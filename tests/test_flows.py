@@ -502,7 +502,7 @@ def test_user_structures_are_ranked_with_the_generated_ones(dao_env, tmp_path):
     """A user's CIF of rocksalt NaCl (a seed, with the wrong lattice constant) relaxes to the
     CHGNet rocksalt minimum and is ranked, tagged "user", beside the generated candidates in
     both relaxation modes; a file of another composition fails before any job exists."""
-    from dao_flows.flows import run_in_memory
+    from dao_flows.local import run_in_memory
 
     cif = tmp_path / "guess.cif"
     rocksalt(6.0).to(filename=str(cif))
