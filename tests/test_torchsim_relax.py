@@ -1,0 +1,121 @@
+"""torchsim_relax on real CHGNet (CPU): same minimum as ASE's FIRE route, bad inputs isolated."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch_sim", reason="torch-sim-atomistic not installed (pip install it)")
+pytest.importorskip("chgnet", reason="chgnet not installed")
+
+import torch  # noqa: E402
+from pymatgen.core import Lattice, Structure  # noqa: E402
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+FMAX, STEPS = 0.05, 200
+
+
+def nacl(a: float = 6.0) -> Structure:
+    """Rocksalt NaCl (primitive cell), conventional lattice constant ``a`` (strained)."""
+    conv = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+    return conv.get_primitive_structure()
+
+
+def cscl(a: float = 4.4) -> Structure:
+    return Structure(Lattice.cubic(a), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def isolated() -> Structure:
+    """Two atoms 26 Å apart: CHGNet's graph converter refuses isolated atoms (ValueError)."""
+    return Structure(Lattice.cubic(30.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+@pytest.fixture(scope="module")
+def chgnet():
+    from dao_flows.torchsim_relax import load_chgnet_model
+
+    torch.set_num_threads(1)
+    return load_chgnet_model("cpu")
+
+
+def ase_relax(structure: Structure, model) -> tuple[float, float]:
+    """ASE FIRE + FrechetCellFilter with CHGNetCalculator (atomate2's route): (E/atom, a_conv)."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from chgnet.model.dynamics import CHGNetCalculator
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.calc = CHGNetCalculator(model=model, use_device="cpu")
+    assert FIRE(FrechetCellFilter(atoms), logfile=None).run(fmax=FMAX, steps=STEPS)
+    return atoms.get_potential_energy() / len(atoms), float(atoms.get_volume() * 4) ** (1 / 3)
+
+
+def test_matches_ase_and_isolates_failures(chgnet) -> None:
+    from dao_flows.torchsim_relax import torchsim_relax
+
+    warnings.filterwarnings("ignore")
+    e_ase, a_ase = ase_relax(nacl(), chgnet)
+    results, stats = torchsim_relax(
+        [nacl(), isolated(), cscl()], fmax=FMAX, steps=STEPS, device="cpu", model=chgnet
+    )
+    assert len(results) == 3
+    good_nacl, bad, good_cscl = results
+    for r in (good_nacl, good_cscl):
+        assert r.error is None and r.converged and r.structure is not None
+        assert r.max_force is not None and r.max_force < FMAX
+        assert 0 < r.n_steps <= STEPS
+    a_ts = float(good_nacl.structure.volume * 4) ** (1 / 3)  # primitive fcc -> conventional
+    assert abs(a_ts - a_ase) < 0.05, (a_ts, a_ase)
+    assert abs(a_ts - 6.0) > 0.1  # it did relax
+    assert abs(good_nacl.energy_per_atom - e_ase) * 1000 < 2.0
+    assert not bad.converged and bad.structure is None and bad.energy_per_atom is None
+    assert "isolated" in (bad.error or "")
+    assert stats["model_calls"] > 0 and stats["elapsed_s"] > 0
+
+
+def test_fixed_cell_keeps_lattice(chgnet) -> None:
+    from dao_flows.torchsim_relax import torchsim_relax
+
+    start = cscl(4.3)
+    start.translate_sites([0], [0.03, 0.0, 0.0])
+    (r,), _ = torchsim_relax([start], fmax=FMAX, steps=STEPS, relax_cell=False, model=chgnet)
+    assert r.converged and r.error is None
+    assert np.allclose(r.structure.lattice.matrix, start.lattice.matrix, atol=1e-8)
+
+
+def test_adapter_reports_failing_system_without_raising(chgnet) -> None:
+    """Mid-run failure path: one bad system in a batch gets NaN energy + a reason."""
+    import torch_sim as ts
+
+    from dao_flows.torchsim_relax import CHGNetTorchSimModel
+
+    model = CHGNetTorchSimModel(chgnet, device="cpu")
+    state = ts.io.structures_to_state([nacl(), isolated()], model.device, model.dtype)
+    out = model(state)
+    assert out["energy"].shape == (2,) and out["stress"].shape == (2, 3, 3)
+    assert torch.isfinite(out["energy"][0]) and torch.isnan(out["energy"][1])
+    assert torch.all(out["forces"][2:] == 0)
+    assert set(model.last_errors) == {1}
+
+
+def test_autobatcher_swaps_match_single_batch(chgnet) -> None:
+    """One system per batch (forced swaps) gives the same steps and energies as one batch."""
+    import torch_sim as ts
+    from torch_sim.autobatching import calculate_memory_scaler
+
+    from dao_flows.torchsim_relax import torchsim_relax
+
+    starts = [nacl(), cscl()]
+    state = ts.io.structures_to_state(starts, torch.device("cpu"), torch.float64)
+    cap = max(calculate_memory_scaler(s, "n_atoms_x_density") for s in state.split())
+    one, stats = torchsim_relax(starts, fmax=FMAX, steps=STEPS, model=chgnet)
+    swapped, _ = torchsim_relax(starts, fmax=FMAX, steps=STEPS, model=chgnet, max_memory_scaler=cap)
+    for a, b in zip(one, swapped, strict=True):
+        assert b.converged and a.n_steps == b.n_steps
+        assert abs(a.energy_per_atom - b.energy_per_atom) < 1e-6
