@@ -23,6 +23,7 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from dao_flows.generation import check_structure
 from dao_flows.jobs import ranking_job
 from dao_flows.schemas import (
+    STRUCTURE_FIELDS,
     BatchedRelaxDoc,
     CandidateDoc,
     CSPResultDoc,
@@ -236,7 +237,9 @@ def rank(
     for position, ((rep, dups), score) in enumerate(zip(groups, scores, strict=True), start=1):
         symbol, number = spacegroup(rep.structure, symprec)
         polymorphs.append(
-            RankedPolymorph(
+            RankedPolymorph.from_structure(
+                meta_structure=rep.structure,
+                fields=STRUCTURE_FIELDS,
                 rank=position,
                 candidate_id=rep.candidate.candidate_id,
                 source=rep.candidate.source,

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any, Literal
 
+from emmet.core.structure import StructureMetadata
 from pydantic import BaseModel, Field
 from pymatgen.core import Structure
 
@@ -125,8 +126,18 @@ class BatchedRelaxDoc(BaseModel):
     created_at: str = Field(default_factory=utcnow)
 
 
-class RankedPolymorph(BaseModel):
-    """One unique relaxed structure in the final ranking."""
+# emmet's structure fields a polymorph carries (its space group comes from the ranking's own
+# symprec, so emmet's ``symmetry`` is left out rather than computed twice).
+STRUCTURE_FIELDS = ["nsites", "elements", "nelements", "composition", "composition_reduced",
+                    "formula_pretty", "formula_anonymous", "chemsys", "volume", "density",
+                    "density_atomic"]  # fmt: skip
+
+
+class RankedPolymorph(StructureMetadata):
+    """One unique relaxed structure in the final ranking, with emmet's structure metadata
+    (formula, chemical system, density, ...: query the store as you would Materials Project
+    documents). Build it with ``RankedPolymorph.from_structure(meta_structure=s,
+    fields=STRUCTURE_FIELDS, structure=s, ...)``."""
 
     rank: int = Field(description="1 = lowest ML energy per atom")
     candidate_id: str
