@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pymatgen.core import Composition, Element, Structure
@@ -79,8 +80,31 @@ class TemplateLibrary:
         return cls(dict(index), source)
 
     @classmethod
+    def from_store(
+        cls, store: Any, criteria: dict | None = None, structure_key: str = "structure",
+        id_key: str = "material_id",
+    ) -> TemplateLibrary:  # fmt: skip
+        """Structures of a maggma store's documents (e.g. a user's Materials Project or OQMD
+        export, or a dao store), ``criteria`` a MongoDB query on them."""
+        store.connect()
+        try:
+            docs = store.query(criteria or {}, properties=[structure_key, id_key])
+            items = [
+                (str(d.get(id_key, i)), _as_structure(d[structure_key]))
+                for i, d in enumerate(docs)
+                if d.get(structure_key)
+            ]
+        finally:
+            store.close()
+        if not items:
+            raise DAOInputError(f"the store {store.name} holds no {structure_key!r} documents")
+        return cls.from_structures(items, f"store:{store.name}")
+
+    @classmethod
     def load(cls, path: str | Path | None = None) -> TemplateLibrary:
-        """The bundled library (``None``), a library ``.npz``, a CDVAE CSV, or a CIF folder."""
+        """The bundled library (``None``), a library ``.npz``, a CDVAE CSV, a CIF folder, or a
+        JSON file of documents with a ``structure`` (a maggma ``JSONStore``: what
+        ``mp_api``'s ``MPRester.materials.summary.search`` results dump to)."""
         path = Path(path) if path is not None else BUNDLED
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".cif", ".vasp")
@@ -96,6 +120,10 @@ class TemplateLibrary:
             raise DAOInputError(f"template library {path} does not exist")
         if path.suffix == ".npz":
             return _load_npz(path)
+        if path.name.endswith((".json", ".json.gz")):
+            from maggma.stores import JSONStore
+
+            return cls.from_store(JSONStore(str(path), key="material_id"))
         from dao_core.data import load_csv
 
         records = load_csv(path, canonical=False)
@@ -135,6 +163,10 @@ class TemplateLibrary:
                 "supercell": scale,
             }))  # fmt: skip
         return out
+
+
+def _as_structure(obj: Any) -> Structure:
+    return obj if isinstance(obj, Structure) else Structure.from_dict(obj)
 
 
 def _assignments(

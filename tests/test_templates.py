@@ -77,3 +77,31 @@ def test_bad_libraries_raise_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DAOInputError, match="no CIF or POSCAR"):
         TemplateLibrary.load(tmp_path / "empty")
+
+
+def test_library_from_a_maggma_store_and_its_json_dump(tmp_path: Path) -> None:
+    """A user's structure database as templates: any maggma store of documents with a
+    structure (an MP / OQMD export), or its JSON dump given as --templates."""
+    import json
+
+    from maggma.stores import MemoryStore
+
+    rocksalt = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(6.3), ["K", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+    docs = [{"material_id": "kcl", "structure": rocksalt.as_dict()},
+            {"material_id": "no-structure"}]  # fmt: skip
+    store = MemoryStore(key="material_id")
+    store.connect()
+    store.update(docs)
+    library = TemplateLibrary.from_store(store)
+    assert len(library) == 1 and library.source.startswith("store:")
+    (found, meta), *_ = library.candidates(parse_composition("NaCl"), 1)
+    assert meta["template"] == "kcl" and found.composition.reduced_formula == "NaCl"
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(docs))
+    again = TemplateLibrary.load(path)
+    assert [t.material_id for g in again.templates.values() for t in g] == ["kcl"]
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(DAOInputError, match="holds no 'structure' documents"):
+        TemplateLibrary.load(tmp_path / "empty.json")

@@ -69,7 +69,8 @@ Structures = Annotated[
     typer.Option("--structure", help="your own candidate (CIF/POSCAR); repeatable"),
 ]
 Templates = Annotated[
-    str | None, typer.Option(help="template library: .npz, CDVAE CSV or CIF folder (default: MP)")
+    str | None,
+    typer.Option(help="template library: .npz, CDVAE CSV, CIF folder or JSON docs (default: MP)"),
 ]
 Steps = Annotated[
     int | None, typer.Option(help="diffusion sampling steps (default: the model's own)")
