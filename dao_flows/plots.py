@@ -16,6 +16,16 @@ SOURCE_COLOURS = {
 }
 
 
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` (folders created) and free it: one place for every figure's file."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
+
+
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the Agg backend: figures are written on machines without a
     display (clusters, CI), and importing it lazily keeps ``dao --help`` fast."""
@@ -72,9 +82,4 @@ def plot_ranking(result: CSPResultDoc, path: str | Path, top: int | None = 30) -
         f"{result.n_candidates} candidates ({ff})",
         fontsize=10,
     )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.table import Table
 
-from dao_flows.plots import SOURCE_COLOURS, plot_ranking, pyplot
+from dao_flows.plots import SOURCE_COLOURS, plot_ranking, pyplot, save_figure
 from dao_flows.schemas import CSPResultDoc, RankedPolymorph
 
 if TYPE_CHECKING:
@@ -170,12 +170,7 @@ def plot_xrd(result: CSPResultDoc, path: str | Path, top: int = 5) -> Path:
     ax.set_xlabel("2θ (°), Cu Kα")
     ax.set_ylabel("intensity (normalised, offset)")
     ax.set_title(f"{result.formula}: simulated powder XRD of the {len(polys)} best", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- Markdown summary

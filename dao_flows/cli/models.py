@@ -127,7 +127,9 @@ def train(
 def preprocess(
     data: Annotated[str, typer.Argument(help="CSV[:label_column] in CDVAE layout")],
     out: Annotated[Path, typer.Option(help=".npz to write (use it wherever a CSV is taken)")],
-    max_atoms: Annotated[int, typer.Option(help="drop larger crystals")] = 100,
+    max_atoms: Annotated[
+        int | None, typer.Option(help="drop larger crystals (default: dao_core's MAX_ATOMS)")
+    ] = None,
 ) -> None:
     """Parse and canonicalise a CSV once into a compact file for training elsewhere."""
     from dao_core.data import load_csv, save_records
@@ -136,7 +138,8 @@ def preprocess(
     ((path, label),) = _datasets(data)
     if out.suffix != ".npz":
         raise typer.BadParameter("the output must end in .npz", param_hint="--out")
-    records = load_csv(path, label, max_atoms=max_atoms, cache_dir="")
+    limit = {"max_atoms": max_atoms} if max_atoms is not None else {}
+    records = load_csv(path, label, cache_dir="", **limit)
     save_records(out, records, label)
     size = out.stat().st_size / 2**20
     console.print(f"{len(records)} structures -> {out} ({size:.1f} MiB)")
