@@ -8,4 +8,9 @@ if ! command -v pw.x >/dev/null 2>&1; then
 fi
 bash scripts/install.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# A MongoDB wire server for tests/test_mongodb.py, unless one is given (a real MongoDB).
+if [ -z "${DAO_TEST_MONGODB_URI:-}" ]; then
+    eval "$(bash scripts/mongo_test_server.sh start)"
+    trap 'bash scripts/mongo_test_server.sh stop' EXIT
+fi
 .venv/bin/python -m pytest -ra "$@"

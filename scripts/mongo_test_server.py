@@ -1,0 +1,44 @@
+"""A MongoDB wire-protocol server for tests (mongoeco, SQLite-backed, so data survive a restart).
+
+    python3.13 scripts/mongo_test_server.py --port 27117 --db /tmp/dao-mongo.sqlite
+
+Needs Python >= 3.13 with ``mongoeco[wire]`` (``scripts/mongo_test_server.sh`` makes that
+environment). Prints ``ready mongodb://host:port`` once it accepts connections and serves until
+SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+
+async def serve(host: str, port: int, db: str) -> None:
+    from mongoeco.engines.sqlite import SQLiteEngine
+    from mongoeco.wire import AsyncMongoEcoProxyServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = AsyncMongoEcoProxyServer(engine=SQLiteEngine(db), host=host, port=port)
+    await server.start()
+    print(f"ready {server.address.uri}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--db", required=True, help="SQLite file holding the databases")
+    args = parser.parse_args()
+    asyncio.run(serve(args.host, args.port, args.db))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Results in a real MongoDB over the wire: a jobflow config pointing the plugin at a MongoDB
+(maggma MongoURIStore docs + data stores), `dao csp` writing there and `dao query` reading back
+over a new connection. The server is `DAO_TEST_MONGODB_URI`: `scripts/test.sh` starts a local
+mongoeco one (scripts/mongo_test_server.sh); point it at a real MongoDB to run the same tests."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from monty.serialization import dumpfn
+from typer.testing import CliRunner
+
+URI = os.environ.get("DAO_TEST_MONGODB_URI")
+pytestmark = pytest.mark.skipif(
+    not URI, reason="DAO_TEST_MONGODB_URI not set (scripts/mongo_test_server.sh starts a server)"
+)
+
+SMALL = ["--n", "1", "--n-random", "2", "--n-template", "1", "--steps", "20",
+         "--formula-units", "2", "--relax-steps", "20", "--fmax", "0.1", "--seed", "5"]  # fmt: skip
+
+
+@pytest.fixture
+def mongo_config(tmp_path, monkeypatch):
+    """A jobflow config file, as a user writes one for their MongoDB, in a fresh database."""
+    database = f"dao_test_{uuid.uuid4().hex[:8]}"
+    store = lambda collection: {  # noqa: E731
+        "type": "MongoURIStore", "uri": URI, "database": database,
+        "collection_name": collection,
+    }  # fmt: skip
+    config = {"JOB_STORE": {"docs_store": store("outputs"),
+                            "additional_stores": {"data": store("outputs_data")}}}  # fmt: skip
+    path = tmp_path / "jobflow.yaml"
+    dumpfn(config, str(path))
+    monkeypatch.setenv("JOBFLOW_CONFIG_FILE", str(path))
+    monkeypatch.delenv("JOBFLOW_JOB_STORE", raising=False)
+    yield database
+    import pymongo
+
+    pymongo.MongoClient(URI).drop_database(database)
+
+
+def test_dao_csp_writes_to_mongodb_and_dao_query_reads_it_back(mongo_config, tmp_path):
+    import pymongo
+
+    from dao_flows.stores import get_store
+
+    assert type(get_store().docs_store).__name__ == "MongoURIStore"
+    runner = CliRunner()
+    result = runner.invoke(app(), ["csp", "NaCl", *SMALL, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "rank" in result.output.lower()
+    # A new connection (as another process would open) sees every job's document.
+    db = pymongo.MongoClient(URI)[mongo_config]
+    names = sorted(d["name"] for d in db.outputs.find({}, {"name": 1}))
+    assert names == ["dao batched relax", "dao generate", "dao rank"]
+    ranked = db.outputs.find_one({"name": "dao rank"})["output"]
+    assert ranked["doc_type"] == "dao_csp_result" and ranked["polymorphs"]
+    assert ranked["polymorphs"][0]["chemsys"] == "Cl-Na"
+    assert db.outputs_data.count_documents({}) >= 1  # per-step energies in the data store
+    query = runner.invoke(app(), ["query", "NaCl"])
+    assert query.exit_code == 0, query.output
+    assert ranked["run_uuid"][:8] in query.output or "NaCl" in query.output
+    # Running again adds a second run, not duplicates of the first run's jobs.
+    again = runner.invoke(app(), ["csp", "NaCl", *SMALL, "--out", str(tmp_path / "out2")])
+    assert again.exit_code == 0, again.output
+    assert db.outputs.count_documents({"name": "dao rank"}) == 2
+    assert db.outputs.count_documents({}) == 6
+
+
+def app():
+    from dao_flows.cli import app
+
+    return app
