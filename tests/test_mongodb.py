@@ -6,14 +6,18 @@ mongoeco one (scripts/mongo_test_server.sh); point it at a real MongoDB to run t
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from monty.serialization import dumpfn
 from typer.testing import CliRunner
 
 URI = os.environ.get("DAO_TEST_MONGODB_URI")
-pytestmark = pytest.mark.skipif(
+needs_uri = pytest.mark.skipif(
     not URI, reason="DAO_TEST_MONGODB_URI not set (scripts/mongo_test_server.sh starts a server)"
 )
 
@@ -41,6 +45,7 @@ def mongo_config(tmp_path, monkeypatch):
     pymongo.MongoClient(URI).drop_database(database)
 
 
+@needs_uri
 def test_dao_csp_writes_to_mongodb_and_dao_query_reads_it_back(mongo_config, tmp_path):
     import pymongo
 
@@ -73,3 +78,46 @@ def app():
     from dao_flows.cli import app
 
     return app
+
+
+MONGOECO = Path(__file__).resolve().parents[1] / ".mongoeco-venv" / "bin" / "python"
+
+
+@contextmanager
+def own_server(db: Path) -> Iterator[str]:
+    """A mongoeco server of this test's own on ``db`` (stopped on exit)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "mongo_test_server.py"
+    proc = subprocess.Popen([str(MONGOECO), str(script), "--db", str(db)],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        line = proc.stdout.readline()  # "ready mongodb://..." once it accepts connections
+        assert line.startswith("ready "), line
+        yield line.split(None, 1)[1].strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.skipif(
+    not MONGOECO.is_file(), reason="no mongoeco venv (scripts/mongo_test_server.sh makes it)"
+)
+def test_documents_survive_a_server_restart(tmp_path):
+    """Job documents written through maggma survive the server going down and coming back
+    (on another port: a new process)."""
+    import pymongo
+    from jobflow import JobStore, job, run_locally
+    from maggma.stores import MongoURIStore
+
+    @job
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    db = tmp_path / "db.sqlite"
+    with own_server(db) as uri:
+        docs = MongoURIStore(uri, "outputs", database="dao")
+        store = JobStore(docs, additional_stores={"data": MongoURIStore(uri, "data", "dao")})
+        flow = add(1, 2)
+        run_locally(flow, store=store, log=False)
+    with own_server(db) as uri:  # a new process, a new port, the same SQLite file
+        doc = pymongo.MongoClient(uri).dao.outputs.find_one({"uuid": flow.uuid})
+        assert doc is not None and doc["output"] == 3
