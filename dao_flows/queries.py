@@ -37,9 +37,19 @@ _SUMMARY = [
 ]
 
 
+# The fields `dao query` / `dao export` select on: indexed on MongoDB, so a store shared by
+# many runs answers without a collection scan.
+QUERY_INDEXES = ("output.doc_type", "output.reduced_formula", "output.run_uuid")
+
+
 def _connected(store: JobStore | None) -> JobStore:
+    from maggma.stores import MongoStore
+
     store = store or get_store()
     store.connect()
+    if isinstance(store.docs_store, MongoStore):  # MontyDB builds no indexes worth having
+        for key in QUERY_INDEXES:
+            store.docs_store.ensure_index(key)
     return store
 
 

@@ -66,6 +66,8 @@ def test_dao_csp_writes_to_mongodb_and_dao_query_reads_it_back(mongo_config, tmp
     assert db.outputs_data.count_documents({}) >= 1  # per-step energies in the data store
     query = runner.invoke(app(), ["query", "NaCl"])
     assert query.exit_code == 0, query.output
+    indexed = {k for info in db.outputs.index_information().values() for k, _ in info["key"]}
+    assert {"output.doc_type", "output.reduced_formula", "output.run_uuid"} <= indexed
     assert ranked["run_uuid"][:8] in query.output or "NaCl" in query.output
     # Running again adds a second run, not duplicates of the first run's jobs.
     again = runner.invoke(app(), ["csp", "NaCl", *SMALL, "--out", str(tmp_path / "out2")])
