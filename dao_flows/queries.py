@@ -43,13 +43,15 @@ QUERY_INDEXES = ("output.doc_type", "output.reduced_formula", "output.run_uuid")
 
 
 def _connected(store: JobStore | None) -> JobStore:
-    from maggma.stores import MongoStore
+    from maggma.stores import MemoryStore, MongoStore, MontyStore
 
     store = store or get_store()
     store.connect()
-    if isinstance(store.docs_store, MongoStore):  # MontyDB builds no indexes worth having
+    docs = store.docs_store
+    # A MongoDB server; not the embedded MontyDB or in-memory stores built on MongoStore.
+    if isinstance(docs, MongoStore) and not isinstance(docs, MontyStore | MemoryStore):
         for key in QUERY_INDEXES:
-            store.docs_store.ensure_index(key)
+            docs.ensure_index(key)
     return store
 
 
