@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,3 +124,23 @@ def test_documents_survive_a_server_restart(tmp_path):
     with own_server(db) as uri:  # a new process, a new port, the same SQLite file
         doc = pymongo.MongoClient(uri).dao.outputs.find_one({"uuid": flow.uuid})
         assert doc is not None and doc["output"] == 3
+
+
+@needs_uri
+def test_two_processes_writing_at_once_lose_nothing(mongo_config, tmp_path):
+    """Two `dao csp` processes write to the same database at the same time: every job document
+    of both runs is there afterwards."""
+    import pymongo
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    dao = [sys.executable, "-m", "dao_flows.cli", "--threads", "1", "csp"]
+    procs = [
+        subprocess.Popen([*dao, formula, *SMALL, "--out", str(tmp_path / formula)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for formula in ("NaCl", "KCl")
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    db = pymongo.MongoClient(URI)[mongo_config]
+    results = {d["output"]["reduced_formula"] for d in db.outputs.find({"name": "dao rank"})}
+    assert results == {"NaCl", "KCl"} and db.outputs.count_documents({}) == 6
