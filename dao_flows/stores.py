@@ -17,6 +17,7 @@ large objects in the ``data`` store (plain jobflow would leave the old ones as o
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from jobflow import JobStore
@@ -102,5 +103,11 @@ def get_store(path: str | Path | None = None) -> JobStore:
 
 
 def describe_store(store: JobStore) -> str:
-    """Human-readable location of a store (for CLI output and logs)."""
-    return getattr(store.docs_store, "name", type(store.docs_store).__name__)
+    """Human-readable location of a store (for CLI output, logs and reports), credentials
+    removed: maggma names a MongoURIStore by its full URI, password included."""
+    return redact(getattr(store.docs_store, "name", type(store.docs_store).__name__))
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` URI in it masked."""
+    return re.sub(r"(\w[\w+.-]*://[^:/@\s]+):[^@/\s]+@", r"\1:***@", text)

@@ -96,9 +96,12 @@ class TemplateLibrary:
             ]
         finally:
             store.close()
+        from dao_flows.stores import redact
+
+        name = redact(store.name)
         if not items:
-            raise DAOInputError(f"the store {store.name} holds no {structure_key!r} documents")
-        return cls.from_structures(items, f"store:{store.name}")
+            raise DAOInputError(f"the store {name} holds no {structure_key!r} documents")
+        return cls.from_structures(items, f"store:{name}")
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> TemplateLibrary:

@@ -87,11 +87,16 @@ MONGOECO = Path(__file__).resolve().parents[1] / ".mongoeco-venv" / "bin" / "pyt
 
 
 @contextmanager
-def own_server(db: Path) -> Iterator[str]:
-    """A mongoeco server of this test's own on ``db`` (stopped on exit)."""
+def own_server(db: Path, credentials: str | None = None) -> Iterator[str]:
+    """A mongoeco server of this test's own on ``db`` (stopped on exit); with ``credentials``
+    ("user:password") clients must authenticate."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "mongo_test_server.py"
-    proc = subprocess.Popen([str(MONGOECO), str(script), "--db", str(db)],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    args = [str(MONGOECO), str(script), "--db", str(db)]
+    env = dict(os.environ)
+    if credentials:
+        env["DAO_TEST_MONGO_AUTH"] = credentials
+        args += ["--auth-env", "DAO_TEST_MONGO_AUTH"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()  # "ready mongodb://..." once it accepts connections
         assert line.startswith("ready "), line
@@ -144,3 +149,43 @@ def test_two_processes_writing_at_once_lose_nothing(mongo_config, tmp_path):
     db = pymongo.MongoClient(URI)[mongo_config]
     results = {d["output"]["reduced_formula"] for d in db.outputs.find({"name": "dao rank"})}
     assert results == {"NaCl", "KCl"} and db.outputs.count_documents({}) == 6
+
+
+@pytest.mark.skipif(
+    not MONGOECO.is_file(), reason="no mongoeco venv (scripts/mongo_test_server.sh makes it)"
+)
+def test_the_password_never_reaches_documents_logs_or_output(tmp_path, monkeypatch):
+    """With credentials in the user's jobflow config (the only place they belong), a CSP run
+    stores results, and the password appears in no stored document, no log, no terminal line."""
+    import pymongo
+
+    password = "s3cr3t-Pa55word"
+    with own_server(tmp_path / "db.sqlite", f"dao:{password}") as uri:
+        host = uri.split("//", 1)[1]
+        # mongoeco does not advertise saslSupportedMechs, so pymongo would fall back to
+        # SCRAM-SHA-1, which it refuses: name the mechanism (a real MongoDB needs no such hint).
+        auth_uri = f"mongodb://dao:{password}@{host}&authSource=admin&authMechanism=SCRAM-SHA-256"
+        store = lambda collection: {  # noqa: E731
+            "type": "MongoURIStore", "uri": auth_uri, "database": "dao",
+            "collection_name": collection,
+        }  # fmt: skip
+        config = {"JOB_STORE": {"docs_store": store("outputs"),
+                                "additional_stores": {"data": store("outputs_data")}}}  # fmt: skip
+        path = tmp_path / "jobflow.yaml"
+        dumpfn(config, str(path))
+        monkeypatch.setenv("JOBFLOW_CONFIG_FILE", str(path))
+        out = tmp_path / "out"
+        result = CliRunner().invoke(app(), ["csp", "NaCl", *SMALL, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert password not in result.output
+        client = pymongo.MongoClient(auth_uri)
+        stored = [str(doc) for name in client.list_database_names()
+                  for coll in client[name].list_collection_names()
+                  for doc in client[name][coll].find()]  # fmt: skip
+        assert any("dao_csp_result" in doc for doc in stored)
+        assert not any(password in doc for doc in stored)
+        for file in out.rglob("*"):
+            if file.is_file() and file.suffix in (".log", ".md", ".cif"):
+                assert password not in file.read_text(errors="ignore"), file
+        with pytest.raises(pymongo.errors.OperationFailure):  # the server does check it
+            pymongo.MongoClient(uri).dao.outputs.find_one()

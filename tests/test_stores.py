@@ -117,3 +117,18 @@ def test_config_templates_parse():
     assert lp["name"] == "dao_fireworks"
     assert loadfn(REPO / "workflows/config/my_fworker.yaml")["name"] == "dao_worker"
     assert isinstance(JobStore(MemoryStore()), JobStore)
+
+
+def test_store_descriptions_never_show_a_password() -> None:
+    from dao_flows.stores import redact
+
+    named = "mongo://mongodb+srv://dao:s3cr3t@cluster0.example.net/?retryWrites=true/dao/outputs"
+    assert (
+        redact(named)
+        == "mongo://mongodb+srv://dao:***@cluster0.example.net/?retryWrites=true/dao/outputs"
+    )
+    assert redact("mongodb://host:27017/dao") == "mongodb://host:27017/dao"
+    assert (
+        redact("monty:///home/me/.local/share/dao/store")
+        == "monty:///home/me/.local/share/dao/store"
+    )
