@@ -99,6 +99,12 @@ def route_atomate2(structures: list, fmax: float, steps: int, device: str) -> Ro
     return {"wall_s": wall, "results": out, "model_calls": None}
 
 
+def summary(result: Any) -> dict[str, Any]:
+    """The fields compared between routes, from either route's per-structure result."""
+    return {"energy_per_atom": result.energy_per_atom, "converged": result.converged,
+            "steps": result.n_steps, "error": result.error}  # fmt: skip
+
+
 def route_batched_fire(structures: list, fmax: float, steps: int, device: str) -> Route:
     from dao_flows.batched_fire import batched_fire_relax, load_chgnet
 
@@ -107,15 +113,7 @@ def route_batched_fire(structures: list, fmax: float, steps: int, device: str) -
     res, stats = batched_fire_relax(structures, model, fmax=fmax, steps=steps, device=device)
     return {
         "wall_s": time.perf_counter() - t0,
-        "results": [
-            {
-                "energy_per_atom": r.energy_per_atom,
-                "converged": r.converged,
-                "steps": r.n_steps,
-                "error": r.error,
-            }
-            for r in res
-        ],
+        "results": [summary(r) for r in res],
         "model_calls": stats["model_calls"],
     }
 
@@ -128,15 +126,7 @@ def route_torchsim(structures: list, fmax: float, steps: int, device: str) -> Ro
     res, stats = torchsim_relax(structures, fmax=fmax, steps=steps, device=device, model=model)
     return {
         "wall_s": time.perf_counter() - t0,
-        "results": [
-            {
-                "energy_per_atom": r.energy_per_atom,
-                "converged": r.converged,
-                "steps": r.n_steps,
-                "error": r.error,
-            }
-            for r in res
-        ],
+        "results": [summary(r) for r in res],
         "model_calls": stats["model_calls"],
         "stats": stats,
     }

@@ -156,6 +156,11 @@ class Relaxations:
     batched: BatchedRelaxDoc | None = None
     per_candidate: list[Any] | None = None
     job_info: list[dict[str, str]] = field(default_factory=list)
+    by_id: dict[str, RelaxedCandidate] = field(default_factory=dict)  # batched, by candidate
+
+    def __post_init__(self) -> None:
+        if self.batched is not None:
+            self.by_id = {r.candidate_id: r for r in self.batched.results}
 
     @classmethod
     def of(cls, relaxations: Any, job_info: list[dict[str, str]] | None = None) -> Relaxations:
@@ -171,8 +176,7 @@ class Relaxations:
 
     def outcome(self, c: CandidateDoc) -> tuple[_Outcome | None, str | None]:
         if self.batched is not None:
-            results = {r.candidate_id: r for r in self.batched.results}
-            return outcome_from_batched(c, results.get(c.candidate_id))
+            return outcome_from_batched(c, self.by_id.get(c.candidate_id))
         if self.per_candidate is None:
             return None, "the batched relaxation job failed (no output)"
         doc = self.per_candidate[c.index] if c.index < len(self.per_candidate) else None

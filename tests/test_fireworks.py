@@ -22,27 +22,13 @@ from dao_flows.fireworks import (
 from dao_flows.flows import dao_csp_flow
 from dao_flows.queries import get_result, list_runs
 from dao_flows.stores import store_dir
-from dao_flows.testing import isolate_environment, nan_structure, single_threaded
+from dao_flows.testing import nan_structure
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SMALL = dict(
     n=1, n_random=3, n_template=0, steps=20, formula_units=2, seed=21, relax_steps=20, fmax=0.1
 )
-
-
-@pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory):
-    # One folder per session, shared by the test modules: building a model takes seconds.
-    return tmp_path_factory.getbasetemp() / "dao_tiny_checkpoints"
-
-
-@pytest.fixture
-def dao_env(tmp_path, monkeypatch, checkpoints):
-    env = isolate_environment(monkeypatch, tmp_path, checkpoints)
-    monkeypatch.chdir(tmp_path)
-    with single_threaded():
-        yield env
 
 
 def test_embedded_launchpad_rapidfire_survives_a_fizzled_relaxation(dao_env, tmp_path):

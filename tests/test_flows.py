@@ -29,7 +29,7 @@ from dao_flows.relax import (
 )
 from dao_flows.schemas import CandidateDoc, CSPResultDoc, GenerationDoc
 from dao_flows.stores import get_store
-from dao_flows.testing import isolate_environment, nan_structure, single_threaded
+from dao_flows.testing import nan_structure
 
 
 @dataclass
@@ -46,20 +46,6 @@ class EchoDFTMaker(Maker):
 SMALL = dict(
     n=2, n_random=3, n_template=0, steps=20, formula_units=2, seed=11, relax_steps=25, fmax=0.1
 )
-
-
-@pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory):
-    # One folder per session, shared by the test modules: building a model takes seconds.
-    return tmp_path_factory.getbasetemp() / "dao_tiny_checkpoints"
-
-
-@pytest.fixture
-def dao_env(tmp_path, monkeypatch, checkpoints):
-    env = isolate_environment(monkeypatch, tmp_path, checkpoints)
-    monkeypatch.chdir(tmp_path)
-    with single_threaded():
-        yield env
 
 
 @pytest.fixture(scope="module")

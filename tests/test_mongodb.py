@@ -26,20 +26,25 @@ SMALL = ["--n", "1", "--n-random", "2", "--n-template", "1", "--steps", "20",
          "--formula-units", "2", "--relax-steps", "20", "--fmax", "0.1", "--seed", "5"]  # fmt: skip
 
 
-@pytest.fixture
-def mongo_config(tmp_path, monkeypatch):
-    """A jobflow config file, as a user writes one for their MongoDB, in a fresh database."""
-    database = f"dao_test_{uuid.uuid4().hex[:8]}"
+def use_jobflow_config(path: Path, uri: str, database: str, monkeypatch) -> None:
+    """Write a jobflow config of MongoURIStores (docs + data), as a user does for their
+    MongoDB, and point the plugin at it."""
     store = lambda collection: {  # noqa: E731
-        "type": "MongoURIStore", "uri": URI, "database": database,
+        "type": "MongoURIStore", "uri": uri, "database": database,
         "collection_name": collection,
     }  # fmt: skip
     config = {"JOB_STORE": {"docs_store": store("outputs"),
                             "additional_stores": {"data": store("outputs_data")}}}  # fmt: skip
-    path = tmp_path / "jobflow.yaml"
     dumpfn(config, str(path))
     monkeypatch.setenv("JOBFLOW_CONFIG_FILE", str(path))
     monkeypatch.delenv("JOBFLOW_JOB_STORE", raising=False)
+
+
+@pytest.fixture
+def mongo_config(tmp_path, monkeypatch):
+    """A fresh database on the test server, configured as the plugin's store."""
+    database = f"dao_test_{uuid.uuid4().hex[:8]}"
+    use_jobflow_config(tmp_path / "jobflow.yaml", URI, database, monkeypatch)
     yield database
     import pymongo
 
@@ -165,15 +170,7 @@ def test_the_password_never_reaches_documents_logs_or_output(tmp_path, monkeypat
         # mongoeco does not advertise saslSupportedMechs, so pymongo would fall back to
         # SCRAM-SHA-1, which it refuses: name the mechanism (a real MongoDB needs no such hint).
         auth_uri = f"mongodb://dao:{password}@{host}&authSource=admin&authMechanism=SCRAM-SHA-256"
-        store = lambda collection: {  # noqa: E731
-            "type": "MongoURIStore", "uri": auth_uri, "database": "dao",
-            "collection_name": collection,
-        }  # fmt: skip
-        config = {"JOB_STORE": {"docs_store": store("outputs"),
-                                "additional_stores": {"data": store("outputs_data")}}}  # fmt: skip
-        path = tmp_path / "jobflow.yaml"
-        dumpfn(config, str(path))
-        monkeypatch.setenv("JOBFLOW_CONFIG_FILE", str(path))
+        use_jobflow_config(tmp_path / "jobflow.yaml", auth_uri, "dao", monkeypatch)
         out = tmp_path / "out"
         result = CliRunner().invoke(app(), ["csp", "NaCl", *SMALL, "--out", str(out)])
         assert result.exit_code == 0, result.output

@@ -29,21 +29,6 @@ from dao_flows.report import (
     xrd_pattern,
 )
 from dao_flows.schemas import CSPResultDoc, FailedCandidate, RankedPolymorph
-from dao_flows.testing import isolate_environment, single_threaded
-
-
-@pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory):
-    # The folder tests/test_flows.py uses too: building the tiny models takes seconds.
-    return tmp_path_factory.getbasetemp() / "dao_tiny_checkpoints"
-
-
-@pytest.fixture
-def dao_env(tmp_path, monkeypatch, checkpoints):
-    env = isolate_environment(monkeypatch, tmp_path, checkpoints)
-    monkeypatch.chdir(tmp_path)
-    with single_threaded():
-        yield env
 
 
 def rocksalt(a: float = 5.64) -> Structure:
