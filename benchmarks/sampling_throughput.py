@@ -1,8 +1,10 @@
 """DAO-G sampling throughput: the materialised attention with a Python step loop (before) against
-the factorised attention with a CUDA-graph step loop (now), presets and batch sizes swept.
+the factorised attention with a CUDA-graph step loop, with and without ``torch.compile``,
+presets and batch sizes swept.
 
     python benchmarks/sampling_throughput.py --device cuda --presets base,paper \
         --batch-sizes 256,1024,4096 --atoms 5,20 --steps 50
+    python benchmarks/sampling_throughput.py --device cuda --only graph --steps 20
     python benchmarks/sampling_throughput.py --device cpu --presets base --batch-sizes 20 \
         --atoms 9 --steps 10 --threads 1
 
@@ -20,6 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,10 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from materialised import materialised_forward  # noqa: E402 (the test reference)
 
 IMPLEMENTATIONS = {
-    # name: (factorised attention, CUDA graph)
-    "materialised + eager loop (before)": (False, False),
-    "factorised + eager loop": (True, False),
-    "factorised + CUDA graph (now)": (True, True),
+    # name: (factorised attention, CUDA graph, torch.compile)
+    "materialised + eager loop (before)": (False, False, False),
+    "factorised + eager loop": (True, False, False),
+    "factorised + CUDA graph": (True, True, False),
+    "factorised + CUDA graph + compile": (True, True, True),
+    "materialised + CUDA graph + compile": (False, True, True),
 }
 
 
@@ -64,7 +69,9 @@ def main() -> None:
     parser.add_argument("--atoms", default="5,20")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    parser.add_argument("--skip-before", action="store_true", help="only the new implementation")
+    parser.add_argument(
+        "--only", default="", help="run only the implementations whose name contains this"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -84,19 +91,23 @@ def main() -> None:
                 lattice = 5 * torch.eye(3, device=device) + torch.rand(b, 3, 3, device=device)
                 t = torch.full((b,), 500, device=device)
                 reference = None
-                for name, (factorised, graph) in IMPLEMENTATIONS.items():
-                    if args.skip_before and not graph:
+                for name, (factorised, graph, compiled) in IMPLEMENTATIONS.items():
+                    if args.only not in name or (graph and device.type != "cuda"):
                         continue
-                    if graph and device.type != "cuda":
-                        continue
+                    forward = model.net if factorised else partial(materialised_forward, model.net)
+                    if compiled:
+                        forward = torch.compile(forward, dynamic=False, fullgraph=True)
 
-                    def net(f, lat, tt, factorised=factorised):  # type: ignore[no-untyped-def]
+                    def net(f, lat, tt, forward=forward):  # type: ignore[no-untyped-def]
                         with amp:
-                            if factorised:
-                                out = model.net(types, f, lat, mask, tt)  # noqa: B023
-                            else:
-                                out = materialised_forward(model.net, types, f, lat, mask, tt)  # noqa: B023
+                            out = forward(types, f, lat, mask, tt)  # noqa: B023
                         return CrysformerOutput(*(x.float() for x in out))
+
+                    started = time.perf_counter()
+                    with torch.no_grad():  # the first call compiles
+                        net(frac, lattice, t)
+                    synchronize(device)
+                    compile_s = time.perf_counter() - started if compiled else 0.0
 
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats()
@@ -120,21 +131,22 @@ def main() -> None:
                             atoms=n, batch=b, evals_per_structure=2000,
                             structures_per_s_1000_steps=b / sample_s * args.steps / 1000,
                             forward_structures_per_s=b / forward_s, peak_gib=peak,
-                            rel_diff_vs_before=agreement, device=torch.cuda.get_device_name()
+                            compile_s=round(compile_s, 1),
+                            rel_diff_vs_first=agreement, device=torch.cuda.get_device_name()
                             if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
                         )
                     )  # fmt: skip
                     print(json.dumps(rows[-1]), flush=True)
     table = Table(
         "implementation", "preset", "atoms", "batch", "evals/struct", "1000-step struct/s",
-        "forward struct/s", "peak GiB", "rel. diff", "device",
+        "forward struct/s", "peak GiB", "compile s", "rel. diff", "device",
     )  # fmt: skip
     for r in rows:
         table.add_row(
             r["implementation"], r["preset"], str(r["atoms"]), str(r["batch"]),
             str(r["evals_per_structure"]), f"{r['structures_per_s_1000_steps']:,.1f}",
             f"{r['forward_structures_per_s']:,.0f}", f"{r['peak_gib']:.2f}",
-            f"{r['rel_diff_vs_before']:.1e}", r["device"],
+            f"{r['compile_s']:.0f}", f"{r['rel_diff_vs_first']:.1e}", r["device"],
         )  # fmt: skip
     Console(width=200).print(table)
     if args.json:

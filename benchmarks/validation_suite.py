@@ -5,18 +5,23 @@
         --set mp20like=$DAO_DATASETS/mp_2025/le20.csv.gz:mp20like \
         --set perov5=$DAO_DATASETS/perov_5/val.csv --set carbon24=$DAO_DATASETS/carbon_24/val.csv \
         --samples 1,20 --seeds 0 --out val.csv
+    python benchmarks/validation_suite.py ... --sampler step_lr=5e-6 \
+        --sampler step_lr=5e-6,temperature=0.7,steps=250
 
 A set is NAME=DATA[:SUBSET]: the split's validation ids in DATA (a CSV or a ``dao preprocess``
 file), or only those of its named subset (``val_sets`` in the split file). Every model samples
-at its own default steps and sampler settings. One row per (model, set, samples, seed) is
-appended to ``--out`` as it is measured; a table of all rows is printed at the end.
+at its own sampler settings (``default``), or with the fields each ``--sampler`` overrides. One
+row per (model, sampler, set, samples, seed) is appended to ``--out`` as it is measured; a table
+of all rows is printed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -26,8 +31,16 @@ from dao_core.benchmark import run_benchmark
 from dao_core.checkpoint import load_model
 from dao_core.data import held_out_ids, load_csv
 
-FIELDS = ["model", "set", "crystals", "samples", "seed", "steps", "match_rate", "rmse",
-          "valid_fraction", "sampling_s", "matching_s", "device"]  # fmt: skip
+FIELDS = ["model", "set", "crystals", "samples", "seed", "steps", "step_lr", "temperature",
+          "match_rate", "rmse", "valid_fraction", "sampling_s", "matching_s", "device"]  # fmt: skip
+
+
+def sampler_overrides(spec: str) -> dict[str, float]:
+    """``step_lr=5e-6,temperature=0.7,steps=250`` -> SamplerSettings fields; ``default`` -> {}."""
+    if spec == "default":
+        return {}
+    fields = dict(item.split("=", 1) for item in spec.split(","))
+    return {k: int(v) if k == "steps" else float(v) for k, v in fields.items()}
 
 
 def main() -> None:
@@ -39,6 +52,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--limit", type=int, help="first N crystals of each set")
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument(
+        "--sampler", action="append", default=None, help="FIELD=VALUE,... or 'default'"
+    )
     parser.add_argument("--out", type=Path, default=Path("validation.csv"))
     args = parser.parse_args()
 
@@ -57,29 +73,34 @@ def main() -> None:
         for spec in args.model:
             label, checkpoint = spec.split("=", 1)
             model = load_model(checkpoint)
-            for name, records in sets.items():
-                for samples in map(int, args.samples.split(",")):
-                    for seed in map(int, args.seeds.split(",")):
-                        started = time.perf_counter()
-                        result = run_benchmark(
-                            model, records, samples, batch_size=args.batch_size, seed=seed
-                        )
-                        row = dict(
-                            model=label, set=name, crystals=result.n_crystals, samples=samples,
-                            seed=seed, steps=result.steps, match_rate=round(result.match_rate, 4),
-                            rmse=result.rmse and round(result.rmse, 4),
-                            valid_fraction=round(result.valid_fraction, 4),
-                            sampling_s=result.sampling_s, matching_s=result.matching_s,
-                            device=result.device,
-                        )  # fmt: skip
-                        writer.writerow(row)
-                        handle.flush()
-                        rows.append(row)
-                        print(row, f"({time.perf_counter() - started:.0f} s)", flush=True)
-    table = Table(*FIELDS[:8])
+            variants = itertools.product(
+                sets.items(), args.sampler or ["default"], map(int, args.samples.split(","))
+            )
+            for (name, records), sampler, samples in variants:
+                settings = replace(model.sampling, **sampler_overrides(sampler))
+                for seed in map(int, args.seeds.split(",")):
+                    started = time.perf_counter()
+                    result = run_benchmark(
+                        model, records, samples, batch_size=args.batch_size, seed=seed,
+                        sampling=settings,
+                    )  # fmt: skip
+                    row = dict(
+                        model=label, set=name, crystals=result.n_crystals, samples=samples,
+                        seed=seed, steps=result.steps, step_lr=settings.step_lr,
+                        temperature=settings.temperature, match_rate=round(result.match_rate, 4),
+                        rmse=result.rmse and round(result.rmse, 4),
+                        valid_fraction=round(result.valid_fraction, 4),
+                        sampling_s=result.sampling_s, matching_s=result.matching_s,
+                        device=result.device,
+                    )  # fmt: skip
+                    writer.writerow(row)
+                    handle.flush()
+                    rows.append(row)
+                    print(row, f"({time.perf_counter() - started:.0f} s)", flush=True)
+    table = Table(*FIELDS[:10])
     for row in rows:
-        cells = [str(row[k]) for k in FIELDS[:8]]
-        cells[6] = f"{100 * row['match_rate']:.2f} %"
+        cells = [str(row[k]) for k in FIELDS[:10]]
+        cells[8] = f"{100 * row['match_rate']:.2f} %"
         table.add_row(*cells)
     Console(width=140).print(table)
 

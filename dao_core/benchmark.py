@@ -71,6 +71,7 @@ def run_benchmark(
     n_jobs: int | None = None,
     progress: Callable[[int], None] | None = None,
     sampling: SamplerSettings | None = None,
+    compile: bool = False,
 ) -> BenchmarkResult:
     """Sample ``samples`` structures per record and evaluate them against the records."""
     compositions = [r.atomic_numbers for r in records] * samples
@@ -83,7 +84,7 @@ def run_benchmark(
     for start in range(0, len(compositions), batch_size):
         chunk = compositions[start : start + batch_size]
         predicted += sample_batch(
-            model, chunk, steps, guidance, scale, batch_size, generator, sampling
+            model, chunk, steps, guidance, scale, batch_size, generator, sampling, compile
         )
         if progress:
             progress(len(chunk))

@@ -49,11 +49,12 @@ def sample_batch(
     batch_size: int = 256,
     generator: torch.Generator | None = None,
     sampling: SamplerSettings | None = None,
+    compile: bool = False,
 ) -> list[Structure]:
     """One structure per composition (arrays of atomic numbers), sampled in padded batches.
 
     Compositions are sorted by size so each batch pads little; results come back in input order.
-    ``sampling=None`` uses the model's own sampler settings.
+    ``sampling=None`` uses the model's own sampler settings; ``compile`` see DAOModel.sample.
     """
     order = np.argsort([len(c) for c in compositions], kind="stable")
     out: list[Structure | None] = [None] * len(compositions)
@@ -61,7 +62,7 @@ def sample_batch(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = CrystalBatch.from_compositions([compositions[i] for i in idx]).to(device)
-        sampled = model.sample(batch, steps, guidance, scale, generator, sampling)
+        sampled = model.sample(batch, steps, guidance, scale, generator, sampling, compile=compile)
         for i, structure in zip(idx, sampled.to_structures(), strict=True):
             out[i] = structure
     return out  # type: ignore[return-value]

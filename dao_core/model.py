@@ -112,6 +112,11 @@ def pair_geometry(
     return PairGeometry(waves, cos2[:, :, None], sin2[:, :, None], gram, mean, inv_std)
 
 
+def swap_halves(x: torch.Tensor) -> torch.Tensor:
+    """[a | b] -> [b | a] along the last axis (the sin and cos halves of the wave features)."""
+    return x.roll(x.shape[-1] // 2, dims=-1)
+
+
 class ElementDescriptors(nn.Module):
     """Fixed chemistry-aware descriptors (dao_core.elements) through a linear layer; padding
     (Z = 0) maps to zero, as the learned embedding's padding row does. The table is a buffer,
@@ -165,11 +170,11 @@ class CrysformerLayer(nn.Module):
         q, k, v = self.qkv(self.norm_attn(h)).view(b, n, 3, heads, dim).unbind(2)
         # W_e LN(e) = inv_std * (W_e diag(gamma) e - mean * W_e gamma) + W_e beta.
         w = self.edge.weight * edge_norm.weight  # W_e diag(gamma), (H, 9 + 6K)
-        # Fourier columns are ordered (c, sin|cos, k); regroup them as [sin (c, k) | cos (c, k)],
-        # and keep a copy with the halves swapped: rotating each (sin, cos) pair of a vector x
-        # by the receiver's phase a_i is x * [cos|cos] + swap(x) * [sin|-sin] (signs per side).
+        # Fourier columns are ordered (c, sin|cos, k); regroup them as [sin (c, k) | cos (c, k)].
+        # Rotating each (sin, cos) pair of a per-atom vector x by the receiver's phase a_i is
+        # x * [cos|cos] + swap(x) * [sin|-sin], swap exchanging the halves: one projection
+        # serves both orientations.
         w_wave = w[:, 9:].view(heads, dim, 3, 2, self.fourier).transpose(2, 3)
-        w_swap = w_wave.flip(2).reshape(heads, dim, waves_dim)
         w_wave = w_wave.reshape(heads, dim, waves_dim)
         gram_vec = (pairs.gram @ w[:, :9].T.to(pairs.gram.dtype)).view(b, 1, heads, dim)
         centre_vec = w.sum(1).view(heads, dim)  # W_e gamma
@@ -179,8 +184,8 @@ class CrysformerLayer(nn.Module):
         # Logits q_i.(k_j + W_e LN(e_ij)): the wave part is sum over (c, k) of the query's
         # sin/cos weights times sin/cos(a_j - a_i), i.e. the query rotated by -a_i dotted with
         # the sender's waves. The q_i.W_e beta term is the same for every j and cancels.
-        q_wave = torch.einsum("bihd,hdf->bihf", q, w_wave) * pairs.cos2
-        q_wave = q_wave + torch.einsum("bihd,hdf->bihf", q, w_swap) * pairs.sin2
+        q_proj = torch.einsum("bihd,hdf->bihf", q, w_wave)
+        q_wave = q_proj * pairs.cos2 + swap_halves(q_proj) * pairs.sin2
         wave_logit = torch.einsum("bihf,bjf->bhij", q_wave, pairs.waves)
         q_gram = (q * gram_vec).sum(-1).transpose(1, 2)[..., None]  # (B, heads, N, 1)
         q_centre = (q * centre_vec).sum(-1).transpose(1, 2)[..., None]
@@ -189,13 +194,13 @@ class CrysformerLayer(nn.Module):
         attn = torch.softmax(logits / math.sqrt(dim) + attn_bias, dim=-1)
 
         # Messages sum_j a_ij (v_j + W_e LN(e_ij)); the senders' summed waves are rotated by
-        # +a_i (the swapped weights carry the sign flip). Attention rows sum to one.
+        # +a_i, the transpose of the rotation above. Attention rows sum to one.
         scaled = attn * inv_std
         wave_sum = torch.einsum("bhij,bjf->bihf", scaled.to(pairs.waves.dtype), pairs.waves)
+        wave_msg = wave_sum * pairs.cos2 + swap_halves(wave_sum * pairs.sin2)
         msg = (
             torch.einsum("bhij,bjhd->bihd", attn, v)
-            + torch.einsum("bihf,hdf->bihd", wave_sum * pairs.cos2, w_wave)
-            + torch.einsum("bihf,hdf->bihd", wave_sum * pairs.sin2, w_swap)
+            + torch.einsum("bihf,hdf->bihd", wave_msg, w_wave)
             + scaled.sum(-1).transpose(1, 2)[..., None] * gram_vec
             - (scaled * mean).sum(-1).transpose(1, 2)[..., None] * centre_vec
             + shift_vec

@@ -177,25 +177,31 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def energy_label(cfg: TrainConfig, train: Sequence[CrystalRecord]) -> EnergyLabel:
+    mean, std = energy_stats(train)
+    return EnergyLabel(
+        cfg.label_name,
+        cfg.label_unit,
+        mean,
+        std,
+        cfg.energy_loss,  # type: ignore[arg-type]
+        cfg.per_dataset,
+    )
+
+
 def build_model(cfg: TrainConfig, train: Sequence[CrystalRecord]) -> DAOModel:
     if cfg.init:
         model = load_model(cfg.init, device="cpu")
-        if model.kind != cfg.kind:
+        if model.kind == "dao-g" and cfg.kind == "dao-p":
+            # DAO-P from a trained DAO-G: the same network, whose (unused) energy head now
+            # learns this run's label; the backbone starts from the generator's features.
+            model.kind, model.label = "dao-p", energy_label(cfg, train)
+        elif model.kind != cfg.kind:
             raise ValueError(f"--init {cfg.init} is a {model.kind} model, not {cfg.kind}")
         model.name = ""
         model.sampling = replace(model.sampling, **cfg.sampling)
         return model.train()
-    label = None
-    if cfg.kind == "dao-p":
-        mean, std = energy_stats(train)
-        label = EnergyLabel(
-            cfg.label_name,
-            cfg.label_unit,
-            mean,
-            std,
-            cfg.energy_loss,
-            cfg.per_dataset,  # type: ignore[arg-type]
-        )
+    label = energy_label(cfg, train) if cfg.kind == "dao-p" else None
     preset = CrysformerConfig.preset(cfg.preset, cfg.elements)
     sampling = SamplerSettings(**cfg.sampling)
     return DAOModel(cfg.kind, preset, label, sampling=sampling)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ checkpoints round-trip."""
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,31 @@ def test_checkpoint_round_trip_and_hash(tmp_path: Path) -> None:
     with torch.no_grad():
         diff = model(*args).energy - load_model(tmp_path / "fp16", device="cpu")(*args).energy
     assert diff.abs().max() < 1e-2
+
+
+def test_dao_p_starts_from_a_dao_g_backbone(handful: list, tmp_path: Path) -> None:
+    """`--init` a DAO-G for a DAO-P run: the backbone is the generator's, the energy label is
+    the run's own (its data's statistics), and a DAO-P cannot initialise a DAO-G."""
+    torch.manual_seed(0)
+    generator = DAOModel("dao-g", CrysformerConfig.preset("tiny"))
+    save_model(generator, tmp_path / "g")
+    labelled = [replace(r, energy=-float(i)) for i, r in enumerate(handful)]
+    cfg = TrainConfig(
+        kind="dao-p", preset="tiny", out=str(tmp_path / "p"), init=str(tmp_path / "g"),
+        max_steps=1, batch_size=3, warmup=1, eval_every=10**9, save_every=10**9,
+        label_name="e_form", lr=1e-12,
+    )  # fmt: skip
+    train(cfg, labelled, [])
+    dao_p = load_model(tmp_path / "p" / "final", device="cpu")
+    assert dao_p.kind == "dao-p" and dao_p.label.name == "e_form"
+    assert dao_p.label.mean == pytest.approx(-1.0) and dao_p.label.std == pytest.approx(
+        0.8165, 1e-3
+    )
+    backbone = dao_p.net.layers[0].qkv.weight
+    assert torch.allclose(backbone, generator.net.layers[0].qkv.weight, atol=1e-6)
+    with pytest.raises(ValueError, match="is a dao-p model, not dao-g"):
+        again = replace(cfg, kind="dao-g", out=str(tmp_path / "g2"), init=str(tmp_path / "p/final"))
+        train(again, handful, [])
 
 
 def test_bad_checkpoints_raise_clear_errors(tmp_path: Path) -> None:

@@ -242,6 +242,9 @@ def benchmark(
     predictions: Annotated[
         Path | None, typer.Option(help="write the sampled structures here (.json.gz)")
     ] = None,
+    compile: Annotated[
+        bool, typer.Option(help="torch.compile the network (GPU; compiles once per batch shape)")
+    ] = False,
 ) -> None:
     """CSP benchmark under the DiffCSP protocol: match rate, RMSE, validity, throughput."""
     from dao_core.benchmark import run_benchmark
@@ -263,7 +266,7 @@ def benchmark(
         task = bar.add_task("sampling", total=len(records) * samples)
         result = run_benchmark(
             generator, records, samples, guide, scale, steps, batch_size, seed,
-            progress=lambda k: bar.advance(task, k), sampling=sampling,
+            progress=lambda k: bar.advance(task, k), sampling=sampling, compile=compile,
         )  # fmt: skip
     table = Table("data", "crystals", "k", "match rate", "RMSE", "valid", "steps", "w",
                   "sampling s", "structures/s", "device")  # fmt: skip
