@@ -46,13 +46,17 @@ def run_flow(
     folder by default, so nothing is left in the current directory).
 
     ``on_job(event, job_name)`` is called with event "start", "finish" or "fail".
+
+    Job documents are written after their large objects, and a store whose server stops
+    answering ends the run with :class:`dao_flows.stores.StoreUnreachable`
+    (:class:`dao_flows.stores.FailFastJobStore`).
     """
     from jobflow import run_locally
     from jobflow.core.reference import OnMissing
 
-    from dao_flows.stores import get_store
+    from dao_flows.stores import FailFastJobStore, get_store
 
-    store = store or get_store()
+    store = FailFastJobStore.wrapping(store or get_store())
     logger = logging.getLogger("jobflow")
     handler = _JobEvents(on_job) if on_job else None
     old_level = logger.level

@@ -3,7 +3,8 @@
 :func:`get_store` returns a jobflow ``JobStore``:
 
 * if the user configured jobflow (``$JOBFLOW_CONFIG_FILE``, ``~/.jobflow.yaml`` or
-  ``$JOBFLOW_JOB_STORE``), that store, unchanged (e.g. MongoDB);
+  ``$JOBFLOW_JOB_STORE``), that store's docs and additional stores as configured (e.g.
+  MongoDB), written through :class:`DAOJobStore`;
 * otherwise an embedded, persistent store needing no server: maggma ``MontyStore`` collections
   on SQLite (MontyDB) in :func:`data_dir` ``/store`` — ``~/.local/share/dao/store`` by default,
   ``$DAO_STORE_DIR`` when set — with a second collection as the ``data`` store for large
@@ -11,7 +12,9 @@
 
 Documents are keyed by jobflow's (job uuid, index), so re-running the same flow object
 replaces its documents instead of duplicating them; :class:`DAOJobStore` does the same for the
-large objects in the ``data`` store (plain jobflow would leave the old ones as orphans).
+large objects in the ``data`` store (plain jobflow would leave the old ones as orphans), and
+writes a job's document only after its large objects, so a process killed mid-write never
+leaves a document that points at missing data.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from jobflow import JobStore
 
@@ -56,25 +60,113 @@ def user_jobflow_config() -> str | None:
 
 
 class DAOJobStore(JobStore):
-    """A JobStore whose re-saves *replace* a job's large objects instead of adding to them.
+    """A JobStore that writes a job's document last and replaces its large objects on re-save.
 
-    jobflow upserts the output document on (uuid, index) but gives every saved blob (e.g. a
-    trajectory) a fresh ``blob_uuid``, so re-running a flow would leave the old blobs behind
-    as orphans in the ``data`` store. Before saving, this store removes the blobs of the same
-    (job uuid, index).
+    jobflow writes the output document first and its blobs (e.g. a trajectory) after: a
+    process killed in between leaves a document whose blob reference resolves to nothing (the
+    document cannot be loaded). Here the blobs go first and the document after them, so a kill
+    can at worst leave an unreferenced blob. jobflow also gives every saved blob a fresh
+    ``blob_uuid``, so re-running a flow would leave the old blobs behind as orphans: those of
+    an earlier save of the same (job uuid, index) are removed once the new document is in.
     """
 
+    @classmethod
+    def wrapping(cls, store: JobStore) -> DAOJobStore:
+        """The same docs and additional stores (and save/load settings) as ``store``."""
+        return cls(store.docs_store, store.additional_stores, save=store.save, load=store.load)
+
     def update(self, docs, key=None, save=None):  # type: ignore[no-untyped-def]
-        for doc in docs if isinstance(docs, list) else [docs]:
-            uuid = doc.get("uuid") if isinstance(doc, dict) else getattr(doc, "uuid", None)
-            index = doc.get("index") if isinstance(doc, dict) else getattr(doc, "index", None)
-            if uuid is not None:
-                old = {"job_uuid": uuid, "job_index": index}
-                for store in self.additional_stores.values():
-                    # (MontyDB cannot delete from a collection that was never written.)
-                    if store.count(old):
-                        store.remove_docs(old)
-        return super().update(docs, key=key, save=save)
+        stale = self._saved_blobs(docs if isinstance(docs, list) else [docs])
+        docs_store, deferred = self.docs_store, _DeferredUpdates()
+        self.docs_store = deferred  # type: ignore[assignment]  # jobflow's docs write, held back
+        try:
+            super().update(docs, key=key, save=save)  # writes the blobs
+        finally:
+            self.docs_store = docs_store
+        for batch, batch_key in deferred.calls:
+            docs_store.update(batch, key=batch_key)
+        for name, blob_uuids in stale.items():
+            self.additional_stores[name].remove_docs({"blob_uuid": {"$in": blob_uuids}})
+
+    def _saved_blobs(self, docs: list) -> dict[str, list[str]]:
+        """blob uuids already stored for these (job uuid, index) pairs, per additional store."""
+        stale: dict[str, list[str]] = {}
+        for doc in docs:
+            fields = doc if isinstance(doc, dict) else vars(doc)
+            if fields.get("uuid") is None:
+                continue
+            old = {"job_uuid": fields["uuid"], "job_index": fields.get("index")}
+            for name, store in self.additional_stores.items():
+                # (MontyDB cannot query a collection that was never written.)
+                if store.count(old):
+                    found = store.query(old, properties=["blob_uuid"])
+                    stale.setdefault(name, []).extend(b["blob_uuid"] for b in found)
+        return stale
+
+
+class _DeferredUpdates:
+    """Stands in for the docs store during :meth:`DAOJobStore.update`: records the write."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, Any]] = []
+
+    def update(self, docs: Any, key: Any = None) -> None:
+        self.calls.append((docs, key))
+
+
+class StoreUnreachable(BaseException):  # noqa: N818 - named for what happened
+    """The job store's server stopped answering during a run in this process.
+
+    A BaseException, not an Exception: jobflow's ``run_locally`` turns every Exception of a
+    job into a failed job and goes on, and each later job would wait for the lost server again
+    (``serverSelectionTimeoutMS``, 30 s by default) before failing the same way.
+    """
+
+    def __init__(self, store: JobStore, error: Exception) -> None:
+        super().__init__(unreachable_message(store, error))
+
+
+class FailFastJobStore(DAOJobStore):
+    """:class:`DAOJobStore` for runs in this process: a lost server ends the run at once
+    (:class:`StoreUnreachable`) instead of failing every remaining job in turn."""
+
+    def update(self, docs, key=None, save=None):  # type: ignore[no-untyped-def]
+        from pymongo.errors import ConnectionFailure
+
+        try:
+            return super().update(docs, key=key, save=save)
+        except ConnectionFailure as exc:
+            raise StoreUnreachable(self, exc) from exc
+
+    def query(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        from pymongo.errors import ConnectionFailure
+
+        try:
+            yield from super().query(*args, **kwargs)
+        except ConnectionFailure as exc:
+            raise StoreUnreachable(self, exc) from exc
+
+
+def server_address(store: JobStore) -> str:
+    """host:port of the store's MongoDB server(s), from its URI or host/port settings."""
+    docs = store.docs_store
+    uri = getattr(docs, "uri", None)
+    if uri:
+        match = re.search(r"://(?:[^@/]*@)?([^/?]+)", uri)
+        return match.group(1) if match else redact(uri)
+    if getattr(docs, "host", None):
+        return f"{docs.host}:{getattr(docs, 'port', 27017)}"
+    return describe_store(store)
+
+
+def unreachable_message(store: JobStore, error: Exception) -> str:
+    """What to tell the user when the store's server cannot be reached (no credentials)."""
+    reason = redact(str(error)).split(", Timeout:")[0].split(", Topology Description")[0]
+    return (
+        f"the MongoDB server {server_address(store)} of the job store ({describe_store(store)}) "
+        f"cannot be reached: {reason}. Documents written before are kept. Start the server "
+        "or check the network, then run the command again (a new run: runs do not resume)."
+    )
 
 
 def embedded_store(path: str | Path | None = None) -> JobStore:
@@ -98,7 +190,7 @@ def get_store(path: str | Path | None = None) -> JobStore:
         from jobflow import JobflowSettings
 
         # Fresh settings (not the import-time SETTINGS) so env changes made later count.
-        return JobflowSettings().JOB_STORE
+        return DAOJobStore.wrapping(JobflowSettings().JOB_STORE)
     return embedded_store(path)
 
 

@@ -85,7 +85,8 @@ def test_user_jobflow_config_is_honoured_unchanged(clean_env, monkeypatch):
     monkeypatch.setenv("JOBFLOW_CONFIG_FILE", str(cfg))
     assert user_jobflow_config() == str(cfg)
     store = get_store()
-    assert type(store) is JobStore  # not DAO's: the user's store, as configured
+    # The user's stores as configured; DAOJobStore only orders the writes (document last).
+    assert isinstance(store, DAOJobStore)
     assert store.docs_store.collection_name == "my_outputs"
     assert store.docs_store.database_path == str(user_dir)
     run_locally(fake_relax(3.0), store=store, log=False)
@@ -132,3 +133,20 @@ def test_store_descriptions_never_show_a_password() -> None:
         redact("monty:///home/me/.local/share/dao/store")
         == "monty:///home/me/.local/share/dao/store"
     )
+
+
+class FailingStore(MemoryStore):
+    """A data store whose writes fail, as when the process dies or the server goes away."""
+
+    def update(self, docs, key=None):  # type: ignore[no-untyped-def]
+        raise ConnectionError("data store went away")
+
+
+def test_a_failed_data_write_leaves_no_document_behind():
+    """The job document is written after its large objects: if they never arrive, no
+    document points at them (plain jobflow writes the document first)."""
+    for cls, documents_left in ((JobStore, 1), (DAOJobStore, 0)):
+        store = cls(MemoryStore(), additional_stores={"data": FailingStore()})
+        with pytest.raises(ConnectionError):
+            run_locally(fake_relax(1.0), store=store, log=False, raise_immediately=True)
+        assert store.docs_store.count() == documents_left, cls

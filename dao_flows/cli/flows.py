@@ -42,6 +42,26 @@ def input_errors_exit(func):  # type: ignore[no-untyped-def]
     return wrapper
 
 
+def store_errors_exit(func):  # type: ignore[no-untyped-def]
+    """A job store whose server cannot be reached ends the command with exit code 1 and a
+    message naming the server (never its password), not a pymongo traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        from pymongo.errors import ConnectionFailure
+
+        from dao_flows.stores import StoreUnreachable, get_store, unreachable_message
+
+        try:
+            return func(*args, **kwargs)
+        except (StoreUnreachable, ConnectionFailure) as exc:
+            message = str(exc) if isinstance(exc, StoreUnreachable) else None
+            console.print(f"[bold red]error:[/] {message or unreachable_message(get_store(), exc)}")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
 def _flow_options(**given: Any) -> dict[str, Any]:
     """The options the user gave (None = not given): every other default stays the Makers'
     own (``DAOCSPMaker.from_options``), so the CLI never restates a number."""
@@ -117,6 +137,7 @@ def defaults() -> None:
 
 @app.command()
 @input_errors_exit
+@store_errors_exit
 def csp(
     formula: Annotated[str, typer.Argument(help="composition, e.g. CsV3Sb5")],
     n: N = None,
@@ -163,6 +184,7 @@ def csp(
     store = get_store()
     where = describe_store(store)
     out_dir = out or Path(f"dao_csp_{formula}")
+    console.print(f"run {flow.uuid} -> {where} (an interrupted run is not resumed: run again)")
     with library_output_to(out_dir / LOG_FILE, console=console) as log:
         result, failures = _run_with_progress(flow, store, formula)
         if result is None:
@@ -227,6 +249,7 @@ def _run_with_progress(flow: Any, store: Any, formula: str) -> tuple[Any, list[s
 
 @app.command()
 @input_errors_exit
+@store_errors_exit
 def submit(
     formula: Annotated[str, typer.Argument(help="composition, e.g. CsV3Sb5")],
     launchpad: Annotated[
@@ -295,6 +318,7 @@ def submit(
 
 
 @app.command()
+@store_errors_exit
 def query(
     formula: Annotated[str | None, typer.Argument(help="composition; omit: list runs")] = None,
     run: Annotated[str | None, typer.Option(help="show this run uuid")] = None,
@@ -348,6 +372,7 @@ def query(
 
 
 @app.command()
+@store_errors_exit
 def export(
     formula: Annotated[str, typer.Argument(help="composition")],
     fmt: Annotated[str, typer.Option("--format", help="cif | poscar")] = "cif",
