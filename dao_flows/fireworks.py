@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dao_flows.stores import get_store, store_dir
+from dao_flows.stores import get_store, store_dir, user_jobflow_config
 
 if TYPE_CHECKING:
     from fireworks import LaunchPad
@@ -120,13 +120,17 @@ def submit_flow(
 ) -> dict[str, Any]:
     """Add ``flow`` to a LaunchPad; returns ``{"fw_ids": ..., "launchpad": lp, ...}``.
 
-    The workflow's jobs write to ``store`` (default :func:`get_store`); the store travels with
-    each firework, so workers need no DAO-specific configuration.
+    The workflow's jobs write to ``store`` if given, which then travels inside each firework.
+    Otherwise: with a user jobflow configuration (e.g. MongoDB) the fireworks carry no store
+    and each worker uses its own ``JOB_STORE`` (so credentials stay in the user's config file,
+    never in the LaunchPad's documents); without one, the embedded store travels with them
+    (a path), so workers on this machine need no configuration.
     """
     from jobflow.managers.fireworks import flow_to_workflow
 
     lp = launchpad or get_launchpad(launchpad_file)
-    store = store or get_store()
+    if store is None and user_jobflow_config() is None:
+        store = get_store()
     wf = flow_to_workflow(flow, store=store)
     id_map = lp.add_wf(wf)
     flush_launchpad(lp)

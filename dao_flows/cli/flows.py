@@ -292,14 +292,13 @@ def submit(
         verify_top=verify_top, device=device, model=model, guidance=guidance,
     )  # fmt: skip
     flow = dao_csp_flow(formula, **opts)
-    store = get_store()
-    info = submit_flow(flow, launchpad_file=launchpad, store=store)
+    info = submit_flow(flow, launchpad_file=launchpad)  # the store: see submit_flow
     lp = info["launchpad"]
     console.print(
         f"submitted workflow '{info['workflow']}' ({info['n_fireworks']} fireworks, "
         f"fw_ids {info['fw_ids'][0]}–{info['fw_ids'][-1]}); run uuid {flow.uuid}"
     )
-    console.print(f"results will be stored in {describe_store(store)}")
+    console.print(f"results will be stored in {describe_store(get_store())}")
     if launch:
         run_launch(lp, launch_dir=launch_dir)
         from dao_flows.fireworks import workflow_states
