@@ -13,4 +13,6 @@ if [ -z "${DAO_TEST_MONGODB_URI:-}" ]; then
     eval "$(bash scripts/mongo_test_server.sh start)"
     trap 'bash scripts/mongo_test_server.sh stop' EXIT
 fi
+# jobflow-remote in its own venv for tests/test_jobflow_remote.py (skips without it).
+bash scripts/jobflow_remote_env.sh
 .venv/bin/python -m pytest -ra "$@"
