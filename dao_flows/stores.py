@@ -165,7 +165,8 @@ def unreachable_message(store: JobStore, error: Exception) -> str:
     return (
         f"the MongoDB server {server_address(store)} of the job store ({describe_store(store)}) "
         f"cannot be reached: {reason}. Documents written before are kept. Start the server "
-        "or check the network, then run the command again (a new run: runs do not resume)."
+        "or check the network, then run the command again (an interrupted `dao csp` starts a "
+        "new run: docs/mongodb.md)."
     )
 
 
