@@ -93,6 +93,11 @@ def load_model(name_or_path: str | Path | DAOModel, device: str | None = None) -
     folder = resolve(name_or_path)
     try:
         config = json.loads((folder / CONFIG_FILE).read_text())
+        if config.get("kind") == "property":
+            raise DAOInputError(
+                f"{name_or_path} is a property model: load it with "
+                "dao_core.properties.load_property_model (or dao predict)"
+            )
         model = DAOModel(
             config["kind"],
             CrysformerConfig(**config["crysformer"]),

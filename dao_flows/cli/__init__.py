@@ -1,5 +1,5 @@
-"""The ``dao`` command line: model commands (train, sample, relax-dataset, benchmark) and
-workflow commands (csp, submit, query, export)."""
+"""The ``dao`` command line: model commands (train, sample, relax-dataset, benchmark), property
+commands (finetune-property, predict) and workflow commands (csp, submit, query, export)."""
 
 import typer
 
@@ -27,4 +27,4 @@ def main(
     configure_cpu_threads()
 
 
-from dao_flows.cli import benchmark_csp, flows, models  # noqa: E402,F401  (register commands)
+from dao_flows.cli import benchmark_csp, flows, models, properties  # noqa: E402,F401  (register commands)

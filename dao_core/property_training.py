@@ -1,0 +1,340 @@
+"""Fine-tuning property models (``dao_core.properties``) with k-fold cross-validation.
+
+- Case-study compositions (the paper's superconductors) are removed from any training data.
+- Folds are seeded, grouped by reduced formula (polymorphs and repeated entries of one
+  composition never sit on both sides of a split) and recorded by material id.
+- ``frozen``: the backbone's pooled features are computed once, then each fold's head trains
+  on them (seconds on a CPU). ``full``: backbone and head train together per fold (GPU).
+- Each member stops at its best epoch on an inner validation tenth of its training folds, so
+  the held-out fold is never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pymatgen.core import Composition, Element
+
+from dao_core.dao import DAOModel
+from dao_core.data import CrystalBatch, CrystalRecord, bucketed_batches
+from dao_core.errors import DAOInputError
+from dao_core.properties import PropertyModel, PropertySpec, pooled
+
+log = logging.getLogger(__name__)
+
+# The paper's case studies (../shared/cases) and close relatives: evaluation only, never trained on.
+CASE_FORMULAS = frozenset({"CsV3Sb5", "KV3Sb5", "RbV3Sb5", "Zr4Rh2O", "Zr4Pd2O", "Cr3Os"})
+
+
+def reduced_formula(numbers: Sequence[int] | np.ndarray) -> str:
+    counts: dict[str, float] = {}
+    for z in numbers:
+        symbol = Element.from_Z(int(z)).symbol
+        counts[symbol] = counts.get(symbol, 0) + 1
+    return Composition(counts).reduced_formula
+
+
+def is_case_composition(formula: str) -> bool:
+    """A case-study composition, or any AV3Sb5 with A an alkali metal (the kagome family)."""
+    comp = Composition(formula).reduced_composition
+    if comp.reduced_formula in CASE_FORMULAS:
+        return True
+    amounts = {el.symbol: amt for el, amt in comp.items()}
+    others = set(amounts) - {"V", "Sb"}
+    return (
+        len(amounts) == 3
+        and len(others) == 1
+        and Element(others.pop()).is_alkali
+        and sorted(amounts.values()) == [1, 3, 5]
+        and amounts.get("V") == 3
+        and amounts.get("Sb") == 5
+    )
+
+
+def exclude_cases(records: Sequence[CrystalRecord]) -> tuple[list[CrystalRecord], list[str]]:
+    """Records without the case-study compositions, and the removed ids (logged)."""
+    kept, removed = [], []
+    for r in records:
+        (removed if is_case_composition(reduced_formula(r.atomic_numbers)) else kept).append(r)
+    log.info(
+        "case-study filter: removed %d of %d structures %s",
+        len(removed),
+        len(records),
+        [r.material_id for r in removed[:10]],
+    )
+    return kept, [r.material_id for r in removed]
+
+
+def assign_folds(ids: Sequence[str], groups: Sequence[str], k: int, seed: int) -> dict[str, int]:
+    """Material id -> fold in 0..k-1; every group in one fold, fold sizes balanced.
+
+    Groups are shuffled (seeded) and then placed largest first into the currently smallest
+    fold, so the folds differ in size by at most the largest group.
+    """
+    if k < 2:
+        raise DAOInputError(f"cross-validation needs at least 2 folds, got {k}")
+    members: dict[str, list[str]] = {}
+    for mid, group in zip(ids, groups, strict=True):
+        members.setdefault(group, []).append(mid)
+    if len(members) < k:
+        raise DAOInputError(f"{len(members)} groups cannot fill {k} folds")
+    names = list(members)
+    order = np.random.default_rng(seed).permutation(len(names))
+    order = sorted(order, key=lambda i: -len(members[names[i]]))  # stable: ties stay shuffled
+    sizes = [0] * k
+    folds: dict[str, int] = {}
+    for i in order:
+        fold = int(np.argmin(sizes))
+        for mid in members[names[i]]:
+            folds[mid] = fold
+        sizes[fold] += len(members[names[i]])
+    return folds
+
+
+def save_folds(path: str | Path, folds: dict[str, int], meta: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    k = max(folds.values()) + 1
+    doc = {
+        **meta,
+        "k": k,
+        "folds": [sorted(m for m, f in folds.items() if f == i) for i in range(k)],
+    }
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def load_folds(path: str | Path) -> dict[str, int]:
+    doc = json.loads(Path(path).read_text())
+    return {mid: i for i, ids in enumerate(doc["folds"]) for mid in ids}
+
+
+@dataclass
+class FinetuneConfig:
+    folds: int = 5
+    seed: int = 0
+    mode: str = "frozen"  # or "full": the backbone trains too
+    width: int = 256
+    epochs: int = 400  # head epochs (frozen) / network epochs (full)
+    lr: float = 1e-3  # head
+    backbone_lr: float = 2e-5  # full mode (the authors' fine-tuning rate)
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    inner_val: float = 0.1
+    patience: int = 60  # epochs without inner-validation improvement before stopping
+
+
+def features(
+    net: torch.nn.Module,
+    records: Sequence[CrystalRecord],
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Pooled clean-step features (len(records), H), computed once for frozen-backbone heads."""
+    out = None
+    order = np.argsort([r.num_atoms for r in records], kind="stable")
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = CrystalBatch.from_records([records[i] for i in idx]).to(device)
+            f = pooled(net, batch).float().cpu()  # type: ignore[arg-type]
+            out = torch.zeros(len(records), f.shape[1]) if out is None else out
+            out[torch.from_numpy(idx)] = f
+    assert out is not None
+    return out
+
+
+def metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    err = pred - y
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    return {
+        "n": len(y),
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "r2": 1.0 - float((err**2).sum()) / ss_tot if ss_tot > 0 else float("nan"),
+    }
+
+
+def _inner_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * fraction)))
+    return perm[n_val:], perm[:n_val]
+
+
+def _cosine(opt: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda e: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(e / epochs, 1.0)))
+    )
+
+
+def fit_head(
+    model: PropertyModel,
+    member: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: FinetuneConfig,
+    seed: int,
+) -> dict[str, float]:
+    """Train head ``member`` on precomputed features; keeps its best inner-validation state."""
+    head = model.heads[member]
+    train, val = _inner_split(len(y), cfg.inner_val, seed)
+    head.set_statistics(x[train], y[train])  # type: ignore[operator]
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = _cosine(opt, cfg.epochs)
+    rng = np.random.default_rng(seed)
+    target = (y - head.y_mean) / head.y_std  # type: ignore[operator]
+    best, best_state, since, epochs = math.inf, copy.deepcopy(head.state_dict()), 0, 0
+    while epochs < cfg.epochs:
+        epochs += 1
+        head.train()
+        shuffled = torch.from_numpy(rng.permutation(train))
+        for idx in shuffled.split(cfg.batch_size):
+            loss = F.l1_loss(head.standardised(x[idx]), target[idx])  # type: ignore[operator]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+        head.eval()
+        with torch.no_grad():
+            val_loss = float(F.l1_loss(head.standardised(x[val]), target[val]))  # type: ignore[operator]
+        if val_loss < best:
+            best, best_state, since = val_loss, copy.deepcopy(head.state_dict()), 0
+        elif (since := since + 1) >= cfg.patience:
+            break
+    head.load_state_dict(best_state)
+    return {"inner_val_l1": best, "epochs": epochs}
+
+
+def fit_full(
+    model: PropertyModel,
+    member: int,
+    records: Sequence[CrystalRecord],
+    y: torch.Tensor,
+    cfg: FinetuneConfig,
+    seed: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Train backbone ``member`` and its head together (L1 on the standardised target)."""
+    net, head = model.backbone(member), model.heads[member]
+    train, val = _inner_split(len(y), cfg.inner_val, seed)
+    head.set_statistics(features(net, records, device=device)[train], y[train])  # type: ignore[operator]
+    target = ((y - head.y_mean.cpu()) / head.y_std.cpu()).to(device)  # type: ignore[operator]
+    opt = torch.optim.AdamW(
+        [
+            {"params": net.parameters(), "lr": cfg.backbone_lr},
+            {"params": head.parameters(), "lr": cfg.lr},
+        ],
+        weight_decay=cfg.weight_decay,
+    )
+    sched = _cosine(opt, cfg.epochs)
+    train_records = [records[i] for i in train]
+    best, best_state, since, epoch = math.inf, None, 0, 0
+    for epoch in range(cfg.epochs):
+        net.train()
+        for idx in bucketed_batches(train_records, cfg.batch_size, seed + epoch):
+            batch = CrystalBatch.from_records([train_records[i] for i in idx]).to(device)
+            rows = torch.from_numpy(train[idx]).to(device)
+            loss = F.l1_loss(head.standardised(pooled(net, batch)), target[rows])  # type: ignore[operator,arg-type]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+        net.eval()
+        pred = head.standardised(features(net, [records[i] for i in val], device=device).to(device))  # type: ignore[operator]
+        val_loss = float(F.l1_loss(pred, target[torch.from_numpy(val).to(device)]))
+        log.info("member %d epoch %d: inner-val L1 %.4f", member, epoch, val_loss)
+        if val_loss < best:
+            best, since = val_loss, 0
+            best_state = copy.deepcopy((net.state_dict(), head.state_dict()))
+        elif (since := since + 1) >= cfg.patience:
+            break
+    assert best_state is not None
+    net.load_state_dict(best_state[0])
+    head.load_state_dict(best_state[1])
+    return {"inner_val_l1": best, "epochs": epoch + 1}
+
+
+def cross_validate(
+    dao_p: DAOModel,
+    records: Sequence[CrystalRecord],
+    spec: PropertySpec,
+    folds: dict[str, int],
+    cfg: FinetuneConfig,
+    report: Callable[[str], None] = log.info,
+) -> tuple[PropertyModel, dict[str, Any]]:
+    """Train one member per fold (on the other folds) and score it on its own fold.
+
+    Returns the ensemble and a report: per-fold and overall (out-of-fold) MAE / RMSE / R² on
+    the transformed target and in physical units, plus every out-of-fold prediction.
+    """
+    device = dao_p.device
+    k = max(folds.values()) + 1
+    model = PropertyModel(spec, dao_p.config, k, cfg.width, shared_backbone=cfg.mode == "frozen")
+    for net in model.backbones:
+        net.load_state_dict(dao_p.net.state_dict())
+    model.backbone_ref = {"name": dao_p.name, "sha256": dao_p.content_hash}
+    model.to(device)
+    y_phys = np.array([r.energy for r in records], dtype=np.float64)
+    y = torch.tensor(spec.forward(y_phys), dtype=torch.float32)
+    fold_of = np.array([folds[r.material_id] for r in records])
+    x = features(model.backbones[0], records, device=device) if cfg.mode == "frozen" else None
+    oof = np.zeros(len(records))
+    per_fold = []
+    for member in range(k):
+        train = np.flatnonzero(fold_of != member)
+        test = np.flatnonzero(fold_of == member)
+        seed = cfg.seed * 1000 + member
+        if x is not None:
+            info = fit_head(model, member, x[train], y[train], cfg, seed)
+            with torch.no_grad():
+                oof[test] = model.heads[member](x[test].to(device)).double().cpu().numpy()
+        else:
+            info = fit_full(model, member, [records[i] for i in train], y[train], cfg, seed, device)
+            net = model.backbone(member).eval()
+            with torch.no_grad():
+                f = features(net, [records[i] for i in test], device=device).to(device)
+                oof[test] = model.heads[member](f).double().cpu().numpy()
+        row = {
+            "fold": member,
+            "n_train": len(train),
+            **info,
+            "target": metrics(y.numpy()[test].astype(np.float64), oof[test]),
+            "physical": metrics(y_phys[test], spec.inverse(oof[test])),
+        }
+        per_fold.append(row)
+        report(
+            f"fold {member}: n={len(test)}  MAE {row['physical']['mae']:.3f} {spec.unit}  "
+            f"MAE({spec.transform}) {row['target']['mae']:.3f}  R² {row['target']['r2']:.3f}  "
+            f"({info['epochs']} epochs)"
+        )
+    overall = {
+        "target": metrics(y.numpy().astype(np.float64), oof),
+        "physical": metrics(y_phys, spec.inverse(oof)),
+    }
+    report(
+        f"overall (out-of-fold, n={len(records)}): MAE {overall['physical']['mae']:.3f} "
+        f"{spec.unit}  MAE({spec.transform}) {overall['target']['mae']:.3f}  "
+        f"R² {overall['target']['r2']:.3f}  R²(physical) {overall['physical']['r2']:.3f}"
+    )
+    predictions = [
+        {
+            "material_id": r.material_id,
+            "fold": int(fold_of[i]),
+            "y": float(y_phys[i]),
+            "pred": float(spec.inverse(oof[i])),
+            "pred_target": float(oof[i]),
+        }
+        for i, r in enumerate(records)
+    ]
+    return model.eval(), {"folds": per_fold, "overall": overall, "predictions": predictions}
