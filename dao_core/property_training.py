@@ -166,8 +166,9 @@ def metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def _inner_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, inner validation) rows; ``fraction=0`` keeps every row for training."""
     perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * fraction)))
+    n_val = max(1, int(round(n * fraction))) if fraction > 0 else 0
     return perm[n_val:], perm[:n_val]
 
 
@@ -175,6 +176,31 @@ def _cosine(opt: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda e: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(e / epochs, 1.0)))
     )
+
+
+class _BestState:
+    """The modules' state at their lowest selection loss (inner-validation L1, or the epoch's
+    training L1 without an inner split), and whether ``patience`` epochs passed without one."""
+
+    def __init__(self, modules: Sequence[torch.nn.Module], patience: int) -> None:
+        self.modules, self.patience = modules, patience
+        self.best, self.since, self.epochs = math.inf, 0, 0
+        self.state = [copy.deepcopy(m.state_dict()) for m in modules]
+
+    def update(self, loss: float) -> bool:
+        """Record one epoch; True when training should stop."""
+        self.epochs += 1
+        if loss < self.best:
+            self.best, self.since = loss, 0
+            self.state = [copy.deepcopy(m.state_dict()) for m in self.modules]
+        else:
+            self.since += 1
+        return self.since >= self.patience
+
+    def restore(self) -> dict[str, float]:
+        for m, state in zip(self.modules, self.state, strict=True):
+            m.load_state_dict(state)
+        return {"selection_l1": self.best, "epochs": self.epochs}
 
 
 def fit_head(
@@ -194,26 +220,23 @@ def fit_head(
     sched = _cosine(opt, cfg.epochs)
     rng = np.random.default_rng(seed)
     target = (y - head.y_mean) / head.y_std  # type: ignore[operator]
-    best, best_state, since, epochs = math.inf, copy.deepcopy(head.state_dict()), 0, 0
-    while epochs < cfg.epochs:
-        epochs += 1
+    keeper = _BestState([head], cfg.patience)
+    for _ in range(cfg.epochs):
         head.train()
-        shuffled = torch.from_numpy(rng.permutation(train))
-        for idx in shuffled.split(cfg.batch_size):
+        losses = []
+        for idx in torch.from_numpy(rng.permutation(train)).split(cfg.batch_size):
             loss = F.l1_loss(head.standardised(x[idx]), target[idx])  # type: ignore[operator]
             opt.zero_grad()
             loss.backward()
             opt.step()
+            losses.append(float(loss))
         sched.step()
         head.eval()
         with torch.no_grad():
-            val_loss = float(F.l1_loss(head.standardised(x[val]), target[val]))  # type: ignore[operator]
-        if val_loss < best:
-            best, best_state, since = val_loss, copy.deepcopy(head.state_dict()), 0
-        elif (since := since + 1) >= cfg.patience:
+            pred = head.standardised(x[val])  # type: ignore[operator]
+        if keeper.update(float(F.l1_loss(pred, target[val])) if len(val) else np.mean(losses)):
             break
-    head.load_state_dict(best_state)
-    return {"inner_val_l1": best, "epochs": epochs}
+    return keeper.restore()
 
 
 def fit_full(
@@ -239,9 +262,10 @@ def fit_full(
     )
     sched = _cosine(opt, cfg.epochs)
     train_records = [records[i] for i in train]
-    best, best_state, since, epoch = math.inf, None, 0, 0
+    keeper = _BestState([net, head], cfg.patience)
     for epoch in range(cfg.epochs):
         net.train()
+        losses = []
         for idx in bucketed_batches(train_records, cfg.batch_size, seed + epoch):
             batch = CrystalBatch.from_records([train_records[i] for i in idx]).to(device)
             rows = torch.from_numpy(train[idx]).to(device)
@@ -249,20 +273,19 @@ def fit_full(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            losses.append(float(loss))
         sched.step()
         net.eval()
-        pred = head.standardised(features(net, [records[i] for i in val], device=device).to(device))  # type: ignore[operator]
-        val_loss = float(F.l1_loss(pred, target[torch.from_numpy(val).to(device)]))
-        log.info("member %d epoch %d: inner-val L1 %.4f", member, epoch, val_loss)
-        if val_loss < best:
-            best, since = val_loss, 0
-            best_state = copy.deepcopy((net.state_dict(), head.state_dict()))
-        elif (since := since + 1) >= cfg.patience:
+        selection = float(np.mean(losses))
+        if len(val):
+            with torch.no_grad():
+                f = features(net, [records[i] for i in val], device=device).to(device)
+                pred = head.standardised(f)  # type: ignore[operator]
+            selection = float(F.l1_loss(pred, target[torch.from_numpy(val).to(device)]))
+        log.info("member %d epoch %d: selection L1 %.4f", member, epoch, selection)
+        if keeper.update(selection):
             break
-    assert best_state is not None
-    net.load_state_dict(best_state[0])
-    head.load_state_dict(best_state[1])
-    return {"inner_val_l1": best, "epochs": epoch + 1}
+    return keeper.restore()
 
 
 def cross_validate(
