@@ -295,8 +295,12 @@ def cross_validate(
     folds: dict[str, int],
     cfg: FinetuneConfig,
     report: Callable[[str], None] = log.info,
+    extra: Sequence[CrystalRecord] = (),
 ) -> tuple[PropertyModel, dict[str, Any]]:
     """Train one member per fold (on the other folds) and score it on its own fold.
+
+    ``extra`` records (e.g. generated structures) join every member's training set and are
+    never scored, so the metrics stay those of the measured structures.
 
     Returns the ensemble and a report: per-fold and overall (out-of-fold) MAE / RMSE / R² on
     the transformed target and in physical units, plus every out-of-fold prediction.
@@ -308,11 +312,13 @@ def cross_validate(
         net.load_state_dict(dao_p.net.state_dict())
     model.backbone_ref = {"name": dao_p.name, "sha256": dao_p.content_hash}
     model.to(device)
-    y_phys = np.array([r.energy for r in records], dtype=np.float64)
-    y = torch.tensor(spec.forward(y_phys), dtype=torch.float32)
-    fold_of = np.array([folds[r.material_id] for r in records])
+    n = len(records)
+    records = [*records, *extra]
+    y_all = np.array([r.energy for r in records], dtype=np.float64)
+    y, y_phys = torch.tensor(spec.forward(y_all), dtype=torch.float32), y_all[:n]
+    fold_of = np.array([folds[r.material_id] for r in records[:n]] + [-1] * len(extra))
     x = features(model.backbones[0], records, device=device) if cfg.mode == "frozen" else None
-    oof = np.zeros(len(records))
+    oof = np.zeros(n)
     per_fold = []
     for member in range(k):
         train = np.flatnonzero(fold_of != member)
@@ -342,11 +348,11 @@ def cross_validate(
             f"({info['epochs']} epochs)"
         )
     overall = {
-        "target": metrics(y.numpy().astype(np.float64), oof),
+        "target": metrics(y.numpy()[:n].astype(np.float64), oof),
         "physical": metrics(y_phys, spec.inverse(oof)),
     }
     report(
-        f"overall (out-of-fold, n={len(records)}): MAE {overall['physical']['mae']:.3f} "
+        f"overall (out-of-fold, n={n}): MAE {overall['physical']['mae']:.3f} "
         f"{spec.unit}  MAE({spec.transform}) {overall['target']['mae']:.3f}  "
         f"R² {overall['target']['r2']:.3f}  R²(physical) {overall['physical']['r2']:.3f}"
     )
@@ -358,6 +364,6 @@ def cross_validate(
             "pred": float(spec.inverse(oof[i])),
             "pred_target": float(oof[i]),
         }
-        for i, r in enumerate(records)
+        for i, r in enumerate(records[:n])
     ]
     return model.eval(), {"folds": per_fold, "overall": overall, "predictions": predictions}

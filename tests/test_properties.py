@@ -168,3 +168,18 @@ def test_full_model_stores_its_backbones(backbone: DAOModel, tmp_path: Path) -> 
     np.testing.assert_allclose(
         loaded.predict_records(records), model.predict_records(records), rtol=2e-2, atol=2e-2
     )
+
+
+def test_dao_train_dao_p_prop_writes_model_folds_and_cv(backbone: DAOModel, tmp_path: Path) -> None:
+    rows = [{"material_id": m, "cif": s.to(fmt="cif"), "value": v} for m, s, v in _structures()]
+    pd.DataFrame(rows).to_csv(tmp_path / "data.csv")
+    out = tmp_path / "prop"
+    args = ["train", "--model", "dao-p-prop", "--data", f"{tmp_path / 'data.csv'}:value",
+            "--init", backbone.name, "--out", str(out), "--transform", "log1p"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "overall (out-of-fold" in res.output
+    record = load_property_model(out, device="cpu").record
+    assert record["folds"]["k"] == 5 and record["case_structures_removed"] == []
+    assert set(load_folds(out / "folds.json")) == {m for m, _, _ in _structures()}
+    assert (out / "cv.json").is_file() and (out / "cv_predictions.csv").is_file()

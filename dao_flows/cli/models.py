@@ -52,7 +52,9 @@ def _sampler_overrides(
 @app.command()
 @input_errors_exit
 def train(
-    model: Annotated[str, typer.Option(help="dao-g or dao-p")],
+    model: Annotated[
+        str, typer.Option(help="dao-g, dao-p, or dao-p-prop (see dao finetune-property)")
+    ],
     data: Annotated[str, typer.Option(help="CSV[:label_column][,CSV[:label_column]...]")],
     out: Annotated[Path, typer.Option(help="output folder (checkpoints, split, log)")],
     preset: Annotated[str, typer.Option(help="paper | base | small | tiny")] = "base",
@@ -87,8 +89,19 @@ def train(
     sample_steps: Annotated[
         int | None, typer.Option(help="default sampling steps saved with the model")
     ] = None,
+    transform: Annotated[str, typer.Option(help="dao-p-prop target: identity | log1p")] = (
+        "identity"
+    ),
 ) -> None:
-    """Train DAO-G (Stage I/II, fine-tuning) or DAO-P; resumes if OUT holds a run."""
+    """Train DAO-G (Stage I/II, fine-tuning) or DAO-P; resumes if OUT holds a run.
+    ``--model dao-p-prop`` fine-tunes property heads on a DAO-P (``dao finetune-property``
+    with its defaults, which has the further options)."""
+    if model == "dao-p-prop":
+        from dao_flows.cli.properties import finetune_property
+
+        finetune_property(data=data, out=out, init=init or "dao-p-base", transform=transform,
+                          seed=seed)  # fmt: skip
+        return
 
     from dao_core.data import load_csv
     from dao_core.train import TrainConfig, split_datasets, standardise_per_dataset

@@ -48,6 +48,9 @@ def finetune_property(
     ] = "formula",
     folds_file: Annotated[Path | None, typer.Option(help="reuse recorded folds (JSON)")] = None,
     drop_zero: Annotated[bool, typer.Option(help="leave out rows whose value is 0")] = False,
+    augment: Annotated[
+        str | None, typer.Option(help="CSV:COLUMN of extra (generated) training structures")
+    ] = None,
     epochs: int = 400,
     lr: float = 3e-4,
     backbone_lr: float = 2e-5,
@@ -106,7 +109,14 @@ def finetune_property(
     )  # fmt: skip
     console.print(f"{len(records)} structures, {max(fold_of.values()) + 1} folds, "
                   f"backbone {dao_p.name} ({dao_p.content_hash[:12]}), {mode}")  # fmt: skip
-    model, report = cross_validate(dao_p, records, spec, fold_of, cfg, report=console.print)
+    extra = []
+    if augment:
+        aug_path, _, aug_column = augment.partition(":")
+        extra, aug_removed = exclude_cases(load_csv(aug_path, aug_column or column))
+        extra = [r for r in extra if r.material_id not in fold_of]
+        console.print(f"augmentation: {len(extra)} extra training structures from {aug_path} "
+                      f"({len(aug_removed)} case-study compositions removed)")  # fmt: skip
+    model, report = cross_validate(dao_p, records, spec, fold_of, cfg, console.print, extra)
     out.mkdir(parents=True, exist_ok=True)
     save_folds(out / "folds.json", fold_of, {"seed": seed, "group_by": group_by, "data": path})
     pd.DataFrame(report["predictions"]).to_csv(out / "cv_predictions.csv", index=False)
@@ -118,6 +128,7 @@ def finetune_property(
         "structures": len(records),
         "case_structures_removed": removed,
         "drop_zero": drop_zero,
+        "augment": {"data": augment, "structures": len(extra)} if augment else None,
         "folds": {"file": "folds.json", "k": model.members, "seed": seed, "group_by": group_by},
         "finetune": vars(cfg),
         "cv": cv,
