@@ -229,7 +229,7 @@ def fit_head(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         sched.step()
         head.eval()
         with torch.no_grad():
@@ -273,7 +273,7 @@ def fit_full(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         sched.step()
         net.eval()
         selection = float(np.mean(losses))
