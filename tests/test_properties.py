@@ -3,6 +3,7 @@ learns, the checkpoint round trip (heads-only and full), and ``dao predict``."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,16 @@ def test_dao_train_dao_p_prop_writes_model_folds_and_cv(backbone: DAOModel, tmp_
     assert record["folds"]["k"] == 5 and record["case_structures_removed"] == []
     assert set(load_folds(out / "folds.json")) == {m for m, _, _ in _structures()}
     assert (out / "cv.json").is_file() and (out / "cv_predictions.csv").is_file()
+
+
+def test_extra_structures_train_every_member_and_are_never_scored(backbone: DAOModel) -> None:
+    records = _records()
+    folds = {r.material_id: i % 3 for i, r in enumerate(records)}
+    extra = [replace(r, material_id=f"gen-{i}") for i, r in enumerate(records[:4])]
+    cfg = FinetuneConfig(epochs=2)
+    _, plain = cross_validate(backbone, records, PropertySpec("value"), folds, cfg)
+    _, report = cross_validate(backbone, records, PropertySpec("value"), folds, cfg, extra=extra)
+    assert [r["material_id"] for r in report["predictions"]] == [r.material_id for r in records]
+    assert [f["n_train"] - g["n_train"] for f, g in zip(report["folds"], plain["folds"],
+                                                         strict=True)] == [4, 4, 4]  # fmt: skip
+    assert report["overall"]["physical"]["n"] == len(records)
