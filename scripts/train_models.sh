@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the bundled weights from the CDVAE-layout CSVs (docs/training.md has the details).
-#   bash scripts/train_models.sh [preprocess|dao-g|finetune|dao-p|all]
+#   bash scripts/train_models.sh [preprocess|dao-g|finetune|dao-p|labels|block2|all]
 # dao-g: DAO-G Stage I on the Materials Project corpus in three blocks chained by weights-only
 # warm restarts (as trained, 2026-12-02); finetune: per-family models from the second block;
 # dao-p: DAO-P (2026-11-24 recipe). Runs are cut by the recorded step counts, so the schedule
@@ -44,6 +44,30 @@ finetune() {
     wait -n && wait -n
 }
 
+labels() {
+    # Uniform DAO-P label: CHGNet formation energy per atom (scripts/label_chgnet.py; about
+    # 40 structures/s on one CPU core), then compact labelled records for the GPU machine.
+    local l=$RUNS/labels p=chgnet_formation_energy_per_atom
+    python scripts/label_chgnet.py "$l" "$DATA/mp_2025/le20.csv.gz" "$DATA/perov_5/val.csv" \
+        "$DATA/carbon_24/val.csv" "$DATA/mp_20_slice/val.csv"
+    python -m dao_flows.cli preprocess "$l/mp_2025-le20.csv.gz:$p" --out "$PRE/le20-chgnet.npz"
+    python -m dao_flows.cli preprocess "$l/perov_5-val.csv.gz:$p" --out "$PRE/perov5-chgnet.npz"
+    python -m dao_flows.cli preprocess "$l/carbon_24-val.csv.gz:$p" --out "$PRE/carbon24-chgnet.npz"
+}
+
+block2() {
+    # Next block (prepared 2026-12-06, not yet run): DAO-G continued from dao-g-base at batch
+    # 2048 (training at 512 was launch-bound) and DAO-P on the uniform label from the same
+    # backbone, side by side on one GPU; BUDGET seconds each.
+    local data=$PRE/le20-chgnet.npz,$PRE/perov5-chgnet.npz,$PRE/carbon24-chgnet.npz
+    local common="--data $data --split $SPLIT --steps 10000000 --time-budget ${BUDGET:-1200}"
+    $DAO train --model dao-g --init dao-g-base $common --out "$RUNS/g4" --batch-size 2048 \
+        --lr 6e-4 --warmup 300 --eval-every 500 &
+    $DAO train --model dao-p --init dao-g-base $common --out "$RUNS/p1" --batch-size 1024 \
+        --lr 3e-4 --warmup 300 --eval-every 500 &
+    wait -n && wait -n
+}
+
 dao_p() {
     # DAO-P on the labelled union, labels standardised per data set (dao-p-base, 2026-11-24).
     $DAO train --model dao-p --preset base --out "$RUNS/dao-p-base" --steps 9692 \
@@ -56,6 +80,8 @@ case $stage in
     dao-g) dao_g ;;
     finetune) finetune ;;
     dao-p) dao_p ;;
+    labels) labels ;;
+    block2) block2 ;;
     all) preprocess; dao_g; finetune; dao_p ;;
-    *) echo "unknown stage $stage (preprocess|dao-g|finetune|dao-p|all)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (preprocess|dao-g|finetune|dao-p|labels|block2|all)" >&2; exit 2 ;;
 esac
