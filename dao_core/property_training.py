@@ -28,6 +28,7 @@ from pymatgen.core import Composition, Element
 from dao_core.dao import DAOModel
 from dao_core.data import CrystalBatch, CrystalRecord, bucketed_batches
 from dao_core.errors import DAOInputError
+from dao_core.model import Crysformer
 from dao_core.properties import PropertyModel, PropertySpec, pooled
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,10 @@ def is_case_composition(formula: str) -> bool:
         return True
     amounts = {el.symbol: amt for el, amt in comp.items()}
     others = set(amounts) - {"V", "Sb"}
-    return (
-        len(amounts) == 3
-        and len(others) == 1
-        and Element(others.pop()).is_alkali
-        and sorted(amounts.values()) == [1, 3, 5]
-        and amounts.get("V") == 3
-        and amounts.get("Sb") == 5
-    )
+    if len(amounts) != 3 or len(others) != 1:
+        return False
+    alkali = others.pop()
+    return Element(alkali).is_alkali and (amounts[alkali], amounts["V"], amounts["Sb"]) == (1, 3, 5)
 
 
 def exclude_cases(records: Sequence[CrystalRecord]) -> tuple[list[CrystalRecord], list[str]]:
@@ -135,22 +132,19 @@ class FinetuneConfig:
 
 
 def features(
-    net: torch.nn.Module,
+    net: Crysformer,
     records: Sequence[CrystalRecord],
     batch_size: int = 64,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Pooled clean-step features (len(records), H), computed once for frozen-backbone heads."""
-    out = None
+    out = torch.zeros(len(records), net.cfg.hidden)
     order = np.argsort([r.num_atoms for r in records], kind="stable")
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = CrystalBatch.from_records([records[i] for i in idx]).to(device)
-            f = pooled(net, batch).float().cpu()  # type: ignore[arg-type]
-            out = torch.zeros(len(records), f.shape[1]) if out is None else out
-            out[torch.from_numpy(idx)] = f
-    assert out is not None
+            out[torch.from_numpy(idx)] = pooled(net, batch).float().cpu()
     return out
 
 
@@ -317,7 +311,7 @@ def cross_validate(
     y_all = np.array([r.energy for r in records], dtype=np.float64)
     y, y_phys = torch.tensor(spec.forward(y_all), dtype=torch.float32), y_all[:n]
     fold_of = np.array([folds[r.material_id] for r in records[:n]] + [-1] * len(extra))
-    x = features(model.backbones[0], records, device=device) if cfg.mode == "frozen" else None
+    x = features(model.backbone(0), records, device=device) if cfg.mode == "frozen" else None
     oof = np.zeros(n)
     per_fold = []
     for member in range(k):

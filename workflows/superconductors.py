@@ -90,7 +90,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
         "tc_reference": {"mean": float(tc[:, 1].mean()), "std": float(tc[:, 1].std())},
         "measured_tc": case.measured_tc,
         "paper": {"rms": case.paper_rms, "tc": case.paper_tc},
-        "tc_model": {"name": args.tc_model, "sha256": tc_model.backbone_ref.get("sha256")},
+        "tc_model": {"name": args.tc_model, "backbone": tc_model.backbone_ref},
         "seed": args.seed,
     }
 
