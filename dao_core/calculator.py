@@ -53,8 +53,9 @@ class DAOPCalculator(Calculator):
         if not atoms.pbc.all():
             raise DAOInputError("DAO-P is a crystal model: the Atoms must be periodic in 3D")
         device = self.model.device
-        lattice = torch.tensor(np.asarray(atoms.cell), dtype=torch.float32, device=device)
-        frac = torch.tensor(atoms.get_scaled_positions(wrap=True), dtype=torch.float32)
+        dtype = next(self.model.parameters()).dtype  # float64 models give float64 derivatives
+        lattice = torch.tensor(np.asarray(atoms.cell), dtype=dtype, device=device)
+        frac = torch.tensor(atoms.get_scaled_positions(wrap=True), dtype=dtype)
         batch = CrystalBatch(
             torch.tensor(atoms.numbers, dtype=torch.long, device=device)[None],
             frac.to(device)[None],
