@@ -103,11 +103,13 @@ def main() -> None:
                             out = forward(types, f, lat, mask, tt)  # noqa: B023
                         return CrysformerOutput(*(x.float() for x in out))
 
-                    started = time.perf_counter()
-                    with torch.no_grad():  # the first call compiles
-                        net(frac, lattice, t)
-                    synchronize(device)
-                    compile_s = time.perf_counter() - started if compiled else 0.0
+                    compile_s = 0.0
+                    if compiled:  # the first call compiles
+                        started = time.perf_counter()
+                        with torch.no_grad():
+                            net(frac, lattice, t)
+                        synchronize(device)
+                        compile_s = time.perf_counter() - started
 
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats()

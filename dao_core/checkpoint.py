@@ -51,6 +51,25 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def write_weights(
+    state: dict[str, torch.Tensor], folder: Path, dtype: torch.dtype = torch.float32
+) -> str:
+    """``folder/model.safetensors`` with floating tensors in ``dtype``; returns its hash."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {
+        k: v.detach().cpu().to(dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in state.items()
+    }
+    save_file(weights, folder / WEIGHTS_FILE)
+    return file_hash(folder / WEIGHTS_FILE)
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``folder/model.safetensors``, floating ones as float32."""
+    return {k: v.float() if v.is_floating_point() else v
+            for k, v in load_file(folder / WEIGHTS_FILE).items()}  # fmt: skip
+
+
 def save_model(
     model: DAOModel,
     folder: str | Path,
@@ -62,13 +81,7 @@ def save_model(
     ``dtype=torch.float16`` halves the file for shipping; loading casts back to float32.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = {
-        k: v.detach().cpu().to(dtype if v.is_floating_point() else v.dtype).contiguous()
-        for k, v in model.net.state_dict().items()
-    }
-    save_file(weights, folder / WEIGHTS_FILE)
-    digest = file_hash(folder / WEIGHTS_FILE)
+    digest = write_weights(model.net.state_dict(), folder, dtype)
     config = {
         "kind": model.kind,
         "crysformer": model.config.to_dict(),
@@ -105,9 +118,7 @@ def load_model(name_or_path: str | Path | DAOModel, device: str | None = None) -
             steps=config["diffusion_steps"],
             sampling=SamplerSettings(**config.get("sampling", {})),
         )
-        weights = {k: v.float() if v.is_floating_point() else v
-                   for k, v in load_file(folder / WEIGHTS_FILE).items()}  # fmt: skip
-        model.net.load_state_dict(weights)
+        model.net.load_state_dict(read_weights(folder))
     except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
         raise DAOInputError(f"checkpoint {folder} is unreadable: {exc}") from exc
     model.name = str(name_or_path)

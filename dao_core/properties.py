@@ -11,23 +11,23 @@ property's units.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dao_core.checkpoint import (
     BUNDLED_DIR,
     CONFIG_FILE,
-    WEIGHTS_FILE,
     default_device,
-    file_hash,
     load_model,
+    read_weights,
     resolve,
+    write_weights,
 )
 from dao_core.dao import CLEAN_STEP
 from dao_core.data import CrystalBatch, CrystalRecord
@@ -97,6 +97,23 @@ def pooled(net: Crysformer, batch: CrystalBatch) -> torch.Tensor:
     return net.encode(batch.atom_types, batch.frac, batch.lattice, batch.mask, t)[1]
 
 
+def features(
+    net: Crysformer,
+    records: Sequence[CrystalRecord],
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Pooled clean-step features (len(records), H), in size-sorted batches (little padding)."""
+    out = torch.zeros(len(records), net.cfg.hidden)
+    order = np.argsort([r.num_atoms for r in records], kind="stable")
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = CrystalBatch.from_records([records[i] for i in idx]).to(device)
+            out[torch.from_numpy(idx)] = pooled(net, batch).float().cpu()
+    return out
+
+
 class PropertyModel(nn.Module):
     """One head per fold on one shared (frozen) backbone, or on one fine-tuned backbone each."""
 
@@ -130,26 +147,15 @@ class PropertyModel(nn.Module):
     def backbone(self, member: int) -> Crysformer:
         return self.backbones[0 if self.shared_backbone else member]  # type: ignore[return-value]
 
-    def forward(self, batch: CrystalBatch) -> torch.Tensor:
-        """Transformed-target predictions (members, B)."""
-        if self.shared_backbone:
-            features = pooled(self.backbones[0], batch)  # type: ignore[arg-type]
-            return torch.stack([head(features) for head in self.heads])
-        return torch.stack(
-            [head(pooled(self.backbone(k), batch)) for k, head in enumerate(self.heads)]
-        )
-
     @torch.no_grad()
     def predict_records(self, records: list[CrystalRecord], batch_size: int = 64) -> np.ndarray:
         """Per-member predictions in physical units (members, len(records))."""
         device = next(self.parameters()).device
-        out = np.zeros((self.members, len(records)))
-        order = np.argsort([r.num_atoms for r in records], kind="stable")  # little padding
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = CrystalBatch.from_records([records[i] for i in idx]).to(device)
-            out[:, idx] = self(batch).double().cpu().numpy()
-        return self.spec.inverse(out)
+        x = [features(net, records, batch_size, device).to(device) for net in self.backbones]
+        out = torch.stack(
+            [head(x[0 if self.shared_backbone else k]) for k, head in enumerate(self.heads)]
+        )
+        return self.spec.inverse(out.double().cpu().numpy())
 
 
 def save_property_model(
@@ -157,16 +163,10 @@ def save_property_model(
 ) -> str:
     """Write config + weights (heads, and backbones unless shared); returns the content hash."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     if model.shared_backbone:  # the backbone is a reference, never a copy
         state = {k: v for k, v in state.items() if not k.startswith("backbones.")}
-    weights = {
-        k: v.detach().cpu().to(dtype if v.is_floating_point() else v.dtype).contiguous()
-        for k, v in state.items()
-    }
-    save_file(weights, folder / WEIGHTS_FILE)
-    digest = file_hash(folder / WEIGHTS_FILE)
+    digest = write_weights(state, folder, dtype)
     config = {
         "kind": "property",
         "property": asdict(model.spec),
@@ -210,8 +210,7 @@ def load_property_model(name_or_path: str | Path, device: str | None = None) -> 
         config["head_width"],
         shared_backbone=not ref["stored"],
     )
-    weights = {k: v.float() if v.is_floating_point() else v
-               for k, v in load_file(folder / WEIGHTS_FILE).items()}  # fmt: skip
+    weights = read_weights(folder)
     if not ref["stored"]:
         dao_p = load_model(ref["name"], device="cpu")
         if dao_p.content_hash != ref["sha256"]:

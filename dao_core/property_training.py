@@ -28,8 +28,7 @@ from pymatgen.core import Composition, Element
 from dao_core.dao import DAOModel
 from dao_core.data import CrystalBatch, CrystalRecord, bucketed_batches
 from dao_core.errors import DAOInputError
-from dao_core.model import Crysformer
-from dao_core.properties import PropertyModel, PropertySpec, pooled
+from dao_core.properties import PropertyModel, PropertySpec, features, pooled
 
 log = logging.getLogger(__name__)
 
@@ -129,23 +128,6 @@ class FinetuneConfig:
     batch_size: int = 128
     inner_val: float = 0.1
     patience: int = 60  # epochs without inner-validation improvement before stopping
-
-
-def features(
-    net: Crysformer,
-    records: Sequence[CrystalRecord],
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-) -> torch.Tensor:
-    """Pooled clean-step features (len(records), H), computed once for frozen-backbone heads."""
-    out = torch.zeros(len(records), net.cfg.hidden)
-    order = np.argsort([r.num_atoms for r in records], kind="stable")
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = CrystalBatch.from_records([records[i] for i in idx]).to(device)
-            out[torch.from_numpy(idx)] = pooled(net, batch).float().cpu()
-    return out
 
 
 def metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -33,6 +34,25 @@ GENERATION_OPTIONS = ("n", "n_random", "n_template", "templates", "structures", 
 RELAX_OPTIONS = {"force_field": "force_field_name", "fmax": "fmax", "relax_steps": "steps"}
 OPTIONS = (*GENERATION_OPTIONS, *RELAX_OPTIONS, "relax", "relax_maker", "device", "symprec",
            "score_model", "verify_top", "dft_maker")  # fmt: skip
+
+
+def add_option_arguments(parser: argparse.ArgumentParser, relax: str | None = None) -> None:
+    """The CSP options the workflows/ scripts take on their command line; ``relax`` is the
+    script's relaxation mode when none is given (None: the Makers' default)."""
+    parser.add_argument("--n", type=int, help="DAO-G candidates")
+    parser.add_argument("--n-random", type=int, help="extra pyxtal candidates")
+    parser.add_argument("--n-template", type=int, help="template substitutions")
+    parser.add_argument("--steps", type=int, help="diffusion steps (default: the model's own)")
+    parser.add_argument("--formula-units", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--relax", choices=["per-candidate", "batched"], default=relax)
+    parser.add_argument("--relax-steps", type=int)
+    parser.add_argument("--fmax", type=float)
+
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the options given on the command line: the rest are the Makers' defaults."""
+    return {k: v for k, v in vars(args).items() if k in OPTIONS and v is not None}
 
 
 def candidate_ids(n: int, n_random: int, n_template: int = 0, n_user: int = 0) -> list[str]:

@@ -12,26 +12,17 @@ import argparse
 from jobflow import run_locally
 
 from dao_flows import dao_csp_batch_flow, get_store
-from dao_flows.flows import OPTIONS
+from dao_flows.flows import add_option_arguments, given_options
 from dao_flows.queries import get_result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="DAO CSP for several formulas in one flow")
     ap.add_argument("formulas", nargs="*", default=["NaCl", "MgO", "KBr"])
-    ap.add_argument("--n", type=int)
-    ap.add_argument("--n-random", type=int)
-    ap.add_argument("--n-template", type=int, help="template substitutions")
-    ap.add_argument("--steps", type=int)
-    ap.add_argument("--formula-units", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--relax", choices=["per-candidate", "batched"])
-    ap.add_argument("--relax-steps", type=int)
-    ap.add_argument("--fmax", type=float)
+    add_option_arguments(ap)
     args = ap.parse_args()
 
-    # Only the options given on the command line: the rest are the Makers' defaults.
-    options = {k: v for k, v in vars(args).items() if k in OPTIONS and v is not None}
+    options = given_options(args)
     flow = dao_csp_batch_flow(args.formulas, **options)
     store = get_store()
     run_locally(flow, store=store, log=False)

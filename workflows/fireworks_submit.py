@@ -17,33 +17,20 @@ import argparse
 
 from dao_flows import dao_csp_flow
 from dao_flows.fireworks import close_launchpad, launch, submit_flow, workflow_states
-from dao_flows.flows import OPTIONS
+from dao_flows.flows import add_option_arguments, given_options
 from dao_flows.queries import get_result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="DAO CSP through FireWorks")
     ap.add_argument("formula", nargs="?", default="CsV3Sb5")
-    ap.add_argument("--n", type=int)
-    ap.add_argument("--n-random", type=int)
-    ap.add_argument("--n-template", type=int, help="template substitutions")
-    ap.add_argument("--steps", type=int)
-    ap.add_argument("--formula-units", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument(
-        "--relax",
-        choices=["per-candidate", "batched"],
-        default="per-candidate",  # one firework per relaxation: spreads over workers
-    )
-    ap.add_argument("--relax-steps", type=int)
-    ap.add_argument("--fmax", type=float)
+    add_option_arguments(ap, relax="per-candidate")  # one job per relaxation: spreads over workers
     ap.add_argument("--launchpad", default=None, help="my_launchpad.yaml (default: embedded)")
     ap.add_argument("--launch-dir", default=None, help="where rapidfire creates launcher dirs")
     ap.add_argument("--no-launch", action="store_true", help="submit only")
     args = ap.parse_args()
 
-    # Only the options given on the command line: the rest are the Makers' defaults.
-    options = {k: v for k, v in vars(args).items() if k in OPTIONS and v is not None}
+    options = given_options(args)
     flow = dao_csp_flow(args.formula, **options)
     info = submit_flow(flow, launchpad_file=args.launchpad)
     lp = info["launchpad"]

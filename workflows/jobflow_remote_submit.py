@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from dao_flows import dao_csp_flow
-from dao_flows.flows import OPTIONS
+from dao_flows.flows import add_option_arguments, given_options
 
 
 def main() -> None:
@@ -24,26 +24,13 @@ def main() -> None:
     ap.add_argument("formula", nargs="?", default="CsV3Sb5")
     ap.add_argument("--worker", help="worker name in the project (default: its first)")
     ap.add_argument("--project", help="jobflow-remote project (default: the current one)")
-    ap.add_argument("--n", type=int)
-    ap.add_argument("--n-random", type=int)
-    ap.add_argument("--n-template", type=int, help="template substitutions")
-    ap.add_argument("--steps", type=int)
-    ap.add_argument("--formula-units", type=int)
-    ap.add_argument("--seed", type=int)
-    ap.add_argument(
-        "--relax",
-        choices=["per-candidate", "batched"],
-        default="per-candidate",  # one job per relaxation: spreads over workers
-    )
-    ap.add_argument("--relax-steps", type=int)
-    ap.add_argument("--fmax", type=float)
+    add_option_arguments(ap, relax="per-candidate")  # one job per relaxation: spreads over workers
     ap.add_argument("--device", choices=["cpu", "cuda"])
     args = ap.parse_args()
 
     from jobflow_remote import submit_flow  # optional dependency
 
-    # Only the options given on the command line: the rest are the Makers' defaults.
-    options = {k: v for k, v in vars(args).items() if k in OPTIONS and v is not None}
+    options = given_options(args)
     flow = dao_csp_flow(args.formula, **options)
     ids = submit_flow(flow, worker=args.worker, project=args.project)
     print(f"submitted run {flow.uuid}: {len(ids)} jobs, db ids {ids[0]}-{ids[-1]}")

@@ -15,28 +15,19 @@ import argparse
 from jobflow import run_locally
 
 from dao_flows import dao_csp_flow, get_store
-from dao_flows.flows import OPTIONS
+from dao_flows.flows import add_option_arguments, given_options
 from dao_flows.queries import get_result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="DAO CSP with jobflow's run_locally")
     ap.add_argument("formula", nargs="?", default="CsV3Sb5")
-    ap.add_argument("--n", type=int, help="DAO-G candidates")
-    ap.add_argument("--n-random", type=int, help="extra pyxtal candidates")
-    ap.add_argument("--n-template", type=int, help="template substitutions")
-    ap.add_argument("--steps", type=int, help="diffusion steps (default: the model's own)")
-    ap.add_argument("--formula-units", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--relax", choices=["per-candidate", "batched"])
-    ap.add_argument("--relax-steps", type=int)
-    ap.add_argument("--fmax", type=float)
+    add_option_arguments(ap)
     ap.add_argument("--model", default=None, help="DAO-G checkpoint (name or path)")
     ap.add_argument("--guidance", default="default", help="DAO-P checkpoint")
     args = ap.parse_args()
 
-    # Only the options given on the command line: the rest are the Makers' defaults.
-    options = {k: v for k, v in vars(args).items() if k in OPTIONS and v is not None}
+    options = given_options(args)
     flow = dao_csp_flow(args.formula, **options)
     store = get_store()
     run_locally(flow, store=store, log=False)
