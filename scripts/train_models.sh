@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the bundled weights from the CDVAE-layout CSVs (docs/training.md has the details).
-#   bash scripts/train_models.sh [preprocess|dao-g|finetune|dao-p|labels|block2|all]
+#   bash scripts/train_models.sh [preprocess|dao-g|finetune|dao-p|labels|block2|evaluate|all]
 # dao-g: DAO-G Stage I on the Materials Project corpus in three blocks chained by weights-only
 # warm restarts (as trained, 2026-12-02); finetune: per-family models from the second block;
 # dao-p: DAO-P (2026-11-24 recipe). Runs are cut by the recorded step counts, so the schedule
@@ -56,9 +56,10 @@ labels() {
 }
 
 block2() {
-    # Next block (prepared 2026-12-06, not yet run): DAO-G continued from dao-g-base at batch
-    # 2048 (training at 512 was launch-bound) and DAO-P on the uniform label from the same
-    # backbone, side by side on one GPU; BUDGET seconds each.
+    # Block 4 (2026-12-06, one H100, BUDGET=1100): DAO-G continued from the 2026-12-02
+    # dao-g-base at batch 2048 (training at 512 was launch-bound) and DAO-P on the uniform
+    # label from the same backbone, side by side on one GPU; BUDGET seconds each. To rerun it
+    # from today's weights, start from a copy of that commit's dao-g-base.
     local data=$PRE/le20-chgnet.npz,$PRE/perov5-chgnet.npz,$PRE/carbon24-chgnet.npz
     local common="--data $data --split $SPLIT --steps 10000000 --time-budget ${BUDGET:-1200}"
     $DAO train --model dao-g --init dao-g-base $common --out "$RUNS/g4" --batch-size 2048 \
@@ -66,6 +67,37 @@ block2() {
     $DAO train --model dao-p --init dao-g-base $common --out "$RUNS/p1" --batch-size 1024 \
         --lr 3e-4 --warmup 300 --eval-every 500 &
     wait -n && wait -n
+}
+
+export_fp16() {
+    # The shipped form of a checkpoint: the same config and record, float16 weights.
+    python - "$1" "$2" <<'EOF'
+import sys
+
+import torch
+
+from dao_core.checkpoint import load_model, read_config, save_model
+
+src, dst = sys.argv[1:]
+save_model(load_model(src, device="cpu"), dst, read_config(src)["record"], dtype=torch.float16)
+EOF
+}
+
+evaluate() {
+    # Match rates of block 2's DAO-G (fp16, as shipped) on every recorded validation set at the
+    # model's sampler and at temperature 0.7: @1 on the whole sets, @20 on 400
+    # mp20like crystals, then the shipped dao-g-base @1 on the same machine.
+    local g=$RUNS/g4-fp16 le=$PRE/le20-chgnet.npz out=$RUNS/validation.csv
+    export_fp16 "$RUNS/g4/final" "$g"
+    export_fp16 "$RUNS/p1/final" "$RUNS/p1-fp16"
+    local v="python benchmarks/validation_suite.py --split $SPLIT --out $out"
+    local sets="--set mp20like=$le:mp20like --set mp_other=$le:mp_other
+        --set mp20val=$PRE/mp20val-chgnet.npz:mp20_slice_val --set perov5=$PRE/perov5-chgnet.npz
+        --set carbon24=$PRE/carbon24-chgnet.npz"
+    local samplers="--sampler default --sampler temperature=0.7"
+    $v --model "block2=$g" $samplers $sets
+    $v --model "block2=$g" $samplers --set "mp20like=$le:mp20like" --samples 20 --limit 400
+    $v --model shipped=dao-g-base $samplers $sets
 }
 
 dao_p() {
@@ -82,6 +114,7 @@ case $stage in
     dao-p) dao_p ;;
     labels) labels ;;
     block2) block2 ;;
+    evaluate) evaluate ;;
     all) preprocess; dao_g; finetune; dao_p ;;
-    *) echo "unknown stage $stage (preprocess|dao-g|finetune|dao-p|labels|block2|all)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (preprocess|dao-g|finetune|dao-p|labels|block2|evaluate|all)" >&2; exit 2 ;;
 esac
