@@ -107,18 +107,18 @@ def mean_dao_p_energy(
 
 def test_guidance_lowers_dao_p_energy(bundled: tuple[DAOModel, DAOModel]) -> None:
     """Guidance at w = 50 lowers the mean DAO-P energy of NaCl samples (model defaults, 100
-    steps). Measured on the 2-core CPU with the 2026-12-02 dao-g-base, seeds 0-11, 16 crystals
-    each: w = 0 gives -0.74 (s.d. over seeds 0.04), w = 50 gives -0.83 (0.02); the drop per
-    seed (same seed, both scales) is 0.097 with s.d. 0.045 and was positive for all 12 seeds,
-    so the mean of six seeds has a standard error of 0.018. The bar, a drop of at least 0.03,
-    sits 3.7 standard errors below the measured drop: any machine's numerics pass, a guidance
-    that does nothing fails. (For SrTiO3 this generator's unguided samples already sit at
-    -1.74, and guidance by dao-p-base no longer lowers them: docs/benchmarks.md.)"""
+    steps). Measured on the 2-core CPU with the dao-g-base / dao-p-base of 2026-12-06 (sampler
+    temperature 0.7), seeds 0-5, 16 crystals each: the drop per seed (same seed, both scales)
+    is 0.054 with s.d. 0.035 (at temperature 1.0: 0.077, s.d. 0.047), so the mean of six seeds
+    sits 3.8 standard errors above zero. Same seeds give identical samples when guidance does
+    nothing, so a no-op or a sign error fails and any machine's numerics pass. (For SrTiO3 the
+    unguided samples already sit at DAO-P's minimum and guidance changes nothing:
+    docs/benchmarks.md.)"""
     generator, dao_p = bundled
     seeds = range(6)
     unguided = [mean_dao_p_energy(generator, dao_p, "NaCl", 0.0, seed) for seed in seeds]
     guided = [mean_dao_p_energy(generator, dao_p, "NaCl", 50.0, seed) for seed in seeds]
-    assert np.mean(unguided) - np.mean(guided) > 0.03
+    assert np.mean(unguided) - np.mean(guided) > 0.0
 
 
 def test_lbfgs_relaxation_lowers_dao_p_energy(bundled: tuple[DAOModel, DAOModel]) -> None:
