@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dao_flows.ranking import MAX_E_BELOW_CONVERGED
 from dao_flows.schemas import CSPResultDoc, RankedPolymorph
 
 # One colour per candidate source (schemas.Source), shared by every figure of a run.
@@ -49,7 +50,9 @@ def plot_ranking(result: CSPResultDoc, path: str | Path, top: int | None = 30) -
     from matplotlib.patches import Patch
 
     plt = pyplot()
-    polys = result.polymorphs[:top] if top else result.polymorphs
+    # Cells on which the potential failed sit eV/atom below the rest and would flatten it.
+    floor = -1000.0 * MAX_E_BELOW_CONVERGED
+    polys = [p for p in result.polymorphs if p.e_above_min_meV >= floor][:top]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(polys) + 2.0), 4.0))
     if polys:
         x = range(len(polys))

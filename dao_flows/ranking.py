@@ -129,12 +129,21 @@ def sanity_issue(structure: Structure, energy_per_atom: float) -> str | None:
 # structures: almost all below 0.2 eV/atom above the hull); far above the best candidate, a
 # relaxed result is a trapped or broken cell, whatever its relaxation status.
 MAX_E_ABOVE_BEST = 0.5  # eV/atom
+# An unconverged relaxation far below every converged one has left the potential's training
+# domain (CHGNet has been seen to run a GdInPd cell to -87 eV/atom); it is no ground state.
+MAX_E_BELOW_CONVERGED = 0.5  # eV/atom
 
 
 def implausibility(e_above_best: float, converged: bool) -> str | None:
-    """Why a ranked polymorph cannot be taken as a real structure, or None."""
+    """Why a ranked polymorph cannot be taken as a real structure, or None. ``e_above_best``
+    is measured from the best converged polymorph."""
     if e_above_best > MAX_E_ABOVE_BEST:
         return f"{e_above_best:.2f} eV/atom above the best (> {MAX_E_ABOVE_BEST})"
+    if e_above_best < -MAX_E_BELOW_CONVERGED:
+        return (
+            f"{-e_above_best:.2f} eV/atom below every converged polymorph: the potential "
+            "failed on this cell"
+        )
     if not converged:
         return "relaxation did not converge"
     return None
@@ -236,9 +245,20 @@ def deduplicate(
 def rank(
     groups: list[tuple[_Outcome, list[str]]], scores: list[float | None], symprec: float
 ) -> list[RankedPolymorph]:
-    e_min = groups[0][0].energy_per_atom if groups else 0.0
+    """Ranked polymorphs: the plausible ones by energy, then the flagged ones, then those the
+    potential failed on, so that rank 1 is a converged, trustworthy relaxation whenever there
+    is one. Energies are measured from the best converged polymorph."""
+    converged = [rep.energy_per_atom for rep, _ in groups if rep.converged]
+    e_min = min(converged or [rep.energy_per_atom for rep, _ in groups] or [0.0])
+    rows = []
+    for (rep, dups), score in zip(groups, scores, strict=True):
+        e_above = rep.energy_per_atom - e_min
+        flag = implausibility(e_above, rep.converged)
+        tier = 0 if flag is None else 2 if e_above < -MAX_E_BELOW_CONVERGED else 1
+        rows.append((tier, rep.energy_per_atom, rep, dups, score, flag))
+    rows.sort(key=lambda row: row[:2])
     polymorphs = []
-    for position, ((rep, dups), score) in enumerate(zip(groups, scores, strict=True), start=1):
+    for position, (_, _, rep, dups, score, flag) in enumerate(rows, start=1):
         symbol, number = spacegroup(rep.structure, symprec)
         polymorphs.append(
             RankedPolymorph.from_structure(
@@ -255,7 +275,7 @@ def rank(
                 spacegroup_number=number,
                 dao_p_score=score,
                 relax_status="converged" if rep.converged else "not converged",
-                implausible=implausibility(rep.energy_per_atom - e_min, rep.converged),
+                implausible=flag,
                 n_relax_steps=rep.n_steps,
                 duplicates=dups,
             )

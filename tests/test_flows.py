@@ -282,6 +282,33 @@ def test_polymorphs_far_above_the_best_are_flagged():
     assert implausibility(0.1, False) == "relaxation did not converge"
 
 
+def test_a_potential_failure_never_ranks_first():
+    """Seen on the GPU benchmark (Gd3In3Pd3): CHGNet ran one random cell, unconverged, to
+    -87 eV/atom. It must not be rank 1 nor make every real polymorph "high E": rank 1 is the
+    best converged cell, energies count from it, the failure is flagged and ranked last."""
+    from dao_flows.ranking import _Outcome, rank
+
+    def outcome(name: str, a: float, energy: float, converged: bool) -> _Outcome:
+        c = CandidateDoc(candidate_id=name, index=0, source="pyxtal", structure=rocksalt(a))
+        return _Outcome(c, rocksalt(a), energy, converged, 300, None)
+
+    broken = outcome("pyxtal-020", 9.0, -87.0, False)
+    best = outcome("template-005", 5.64, -8.13, True)
+    stuck = outcome("dao-g-001", 5.9, -8.10, False)  # close to the best: only unconverged
+    high = outcome("pyxtal-003", 7.0, -7.0, True)
+    groups = [(o, []) for o in (broken, best, stuck, high)]
+    polymorphs = rank(groups, [None] * 4, symprec=0.1)
+    assert [p.candidate_id for p in polymorphs] == [
+        "template-005", "dao-g-001", "pyxtal-003", "pyxtal-020"
+    ]  # fmt: skip
+    first, second, third, last = polymorphs
+    assert first.implausible is None and first.e_above_min_meV == 0.0
+    assert second.implausible == "relaxation did not converge"
+    assert "above the best" in third.implausible
+    assert "below every converged polymorph" in last.implausible
+    assert last.e_above_min_meV == pytest.approx(-78870.0)
+
+
 def test_csp_flow_per_candidate_run_locally_and_rerun(dao_env):
     store = get_store()
     flow = dao_csp_flow("NaCl", relax="per-candidate", **SMALL)

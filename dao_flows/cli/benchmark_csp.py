@@ -39,6 +39,10 @@ def benchmark_csp(
         int | None, typer.Option(help="a random N of the crystals (seeded by --seed)")
     ] = None,
     seed: Seed = 0,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="I/N: every N-th chosen crystal from the I-th, for parallel runs"),
+    ] = None,
     device: Device = None,
     json_out: Annotated[
         Path | None,
@@ -51,6 +55,7 @@ def benchmark_csp(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from dao_core.data import held_out_ids, load_csv
+    from dao_core.errors import DAOInputError
     from dao_flows.benchmark_csp import rows_from_json, run_benchmark_csp, summarise, to_json
 
     records = load_csv(data)
@@ -61,6 +66,11 @@ def benchmark_csp(
     if sample is not None and sample < len(records):  # files are often sorted by size
         chosen = np.random.default_rng(seed).choice(len(records), sample, replace=False)
         records = [records[i] for i in sorted(chosen)]
+    if shard is not None:
+        index, count = (int(part) for part in shard.split("/"))
+        if not 0 <= index < count:
+            raise DAOInputError(f"--shard {shard}: expected I/N with 0 <= I < N")
+        records = records[index::count]
     options = dict(n=n, n_random=n_random, n_template=n_template, templates=templates,
                    seed=seed, device=device)  # fmt: skip
     done = []
