@@ -17,6 +17,7 @@ import numpy as np
 from rich.table import Table
 
 from dao_flows.plots import SOURCE_COLOURS, plot_ranking, pyplot, save_figure
+from dao_flows.ranking import MAX_E_ABOVE_BEST, MAX_E_BELOW_CONVERGED
 from dao_flows.schemas import CSPResultDoc, RankedPolymorph
 
 if TYPE_CHECKING:
@@ -35,11 +36,14 @@ LOG_FILE = "dao_csp.log"  # `dao csp` writes the libraries' warnings and logs he
 
 
 def status_word(p: RankedPolymorph) -> str:
-    """One word for the terminal: ok, unconv. (relaxation hit its step limit) or high E (a
-    converged cell too far above the best to be a polymorph; the full reason is in summary.md)."""
+    """One word for the terminal: ok, unconv. (relaxation hit its step limit), high E (a cell
+    too far above the best to be a polymorph) or failed (far below every converged cell: the
+    potential failed on it); the full reason is in summary.md."""
     if p.implausible is None:
         return "ok"
-    return "unconv." if p.relax_status != "converged" else "high E"
+    if p.e_above_min_meV > 1000 * MAX_E_ABOVE_BEST:
+        return "high E"
+    return "failed" if p.e_above_min_meV < -1000 * MAX_E_BELOW_CONVERGED else "unconv."
 
 
 def result_table(result: CSPResultDoc, top: int | None = None) -> Table:
