@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dao_flows.ranking import MAX_E_BELOW_CONVERGED
+from dao_flows.plausibility import MAX_E_BELOW_CONVERGED
 from dao_flows.schemas import CSPResultDoc, RankedPolymorph
 
 # One colour per candidate source (schemas.Source), shared by every figure of a run.

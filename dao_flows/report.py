@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.table import Table
 
+from dao_flows.plausibility import MAX_E_ABOVE_BEST, MAX_E_BELOW_CONVERGED
 from dao_flows.plots import SOURCE_COLOURS, plot_ranking, pyplot, save_figure
-from dao_flows.ranking import MAX_E_ABOVE_BEST, MAX_E_BELOW_CONVERGED
 from dao_flows.schemas import CSPResultDoc, RankedPolymorph
 
 if TYPE_CHECKING:

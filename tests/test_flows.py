@@ -274,7 +274,7 @@ def _result_docs(store, run_uuid):
 def test_polymorphs_far_above_the_best_are_flagged():
     """A converged result 1.7 eV/atom above the best is a trapped or broken cell, not a
     polymorph: it is flagged, never reported as ok."""
-    from dao_flows.ranking import MAX_E_ABOVE_BEST, implausibility
+    from dao_flows.plausibility import MAX_E_ABOVE_BEST, implausibility
 
     assert implausibility(0.0, True) is None and implausibility(0.2, True) is None
     assert "above the best" in implausibility(1.7, True)
