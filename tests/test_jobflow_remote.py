@@ -81,10 +81,10 @@ def test_jobflow_remote_runs_the_csp_flow_with_a_local_worker(
         "PATH": f"{VENV}{os.pathsep}{os.environ['PATH']}",  # the daemon runs `supervisord`
     }
 
-    def jf(*args: str) -> str:
+    def jf(*args: str, check: bool = True) -> str:
         done = subprocess.run([str(JF), *args], env=env, cwd=tmp_path, capture_output=True,
                               text=True, timeout=300)  # fmt: skip
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert done.returncode == 0 or not check, done.stdout[-2000:] + done.stderr[-2000:]
         return done.stdout
 
     db = pymongo.MongoClient(wire.URI)[database]
@@ -106,7 +106,11 @@ def test_jobflow_remote_runs_the_csp_flow_with_a_local_worker(
     finally:
         jf("runner", "shutdown")  # supervisord stops once the runner has finished
         deadline = time.monotonic() + 300
-        while "shut_down" not in jf("runner", "status") and time.monotonic() < deadline:
+        # While supervisord stops, `jf runner status` can itself fail ("the daemon is likely
+        # shutting down"): poll until it reports shut_down.
+        while "shut_down" not in jf("runner", "status", check=False) and (
+            time.monotonic() < deadline
+        ):
             time.sleep(1)
     states = sorted(d["state"] for d in db.jobs.find({}, {"state": 1}))
     print(f"\njobflow-remote: flow {state} {took:.0f} s after `jf runner start`; jobs {states}; "
