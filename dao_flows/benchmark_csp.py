@@ -24,6 +24,15 @@ TOLERANCES = {
     "diffcsp": dict(stol=0.5, angle_tol=10, ltol=0.3),
     "cspbench": dict(stol=0.3, angle_tol=5, ltol=0.2),
 }
+# Source mixes scored from one run: the best-ranked polymorph that one of the mix's sources
+# proposed (as representative or merged duplicate) is that mix's rank 1.
+MIXES = {
+    "dao-g": {"dao-g"},
+    "template": {"template"},
+    "pyxtal": {"pyxtal"},
+    "dao-g+pyxtal": {"dao-g", "pyxtal"},
+    "dao-g+template": {"dao-g", "template"},
+}
 
 
 @dataclass
@@ -35,6 +44,7 @@ class CSPBenchmarkRow:
     hit_rank: dict[str, int | None] = field(default_factory=dict)  # first match, per tolerance
     hit_source: dict[str, str | None] = field(default_factory=dict)
     e_best_minus_reference_meV: float | None = None  # < 0: the search beat the reference
+    top1_by_mix: dict[str, dict[str, bool]] = field(default_factory=dict)  # tolerance -> mix
     error: str | None = None
 
     def success(self, tolerance: str, k: int) -> bool:
@@ -68,6 +78,10 @@ def run_case(record: CrystalRecord, options: dict[str, Any], top: int) -> CSPBen
             hit = next((p for p in polymorphs if _fits(matcher, p.structure, target)), None)
             row.hit_rank[name] = hit.rank if hit else None
             row.hit_source[name] = hit.source if hit else None
+            row.top1_by_mix[name] = {
+                mix: first is not None and _fits(matcher, first.structure, target)
+                for mix, first in _first_by_mix(result.polymorphs).items()
+            }
         if reference.energy_per_atom is not None:
             best = result.polymorphs[0].energy_per_atom
             row.e_best_minus_reference_meV = round(1000 * (best - reference.energy_per_atom), 1)
@@ -75,6 +89,18 @@ def run_case(record: CrystalRecord, options: dict[str, Any], top: int) -> CSPBen
         row.error = f"{type(exc).__name__}: {exc}"
     row.seconds = round(time.perf_counter() - started, 2)
     return row
+
+
+def _first_by_mix(polymorphs: Sequence[Any]) -> dict[str, Any]:
+    """Per source mix, the best-ranked polymorph one of its sources proposed (None if none)."""
+
+    def sources(p: Any) -> set[str]:
+        return {p.source, *(cid.rsplit("-", 1)[0] for cid in p.duplicates)}
+
+    return {
+        mix: next((p for p in polymorphs if sources(p) & members), None)
+        for mix, members in MIXES.items()
+    }
 
 
 @cache
@@ -103,6 +129,11 @@ def summarise(rows: Sequence[CSPBenchmarkRow]) -> dict[str, Any]:
             if r.success(name, 1):
                 sources[r.hit_source[name] or "?"] = sources.get(r.hit_source[name] or "?", 0) + 1
         out[f"top1_by_source_{name}"] = sources
+        scored = [r.top1_by_mix[name] for r in rows if name in r.top1_by_mix]
+        out[f"top1_by_mix_{name}"] = {
+            mix: sum(hits[mix] for hits in scored) / len(scored) for mix in MIXES if scored
+        }
+    out["compositions_by_mix"] = sum(bool(r.top1_by_mix) for r in rows)
     out["median_seconds"] = float(np.median([r.seconds for r in rows])) if n else 0.0
     return out
 

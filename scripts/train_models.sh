@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the bundled weights from the CDVAE-layout CSVs (docs/training.md has the details).
-#   bash scripts/train_models.sh [preprocess|dao-g|finetune|dao-p|labels|block2|evaluate|all]
+#   bash scripts/train_models.sh [preprocess|dao-g|finetune|dao-p|labels|block2|evaluate|families|evaluate-families|all]
 # dao-g: DAO-G Stage I on the Materials Project corpus in three blocks chained by weights-only
 # warm restarts (as trained, 2026-12-02); finetune: per-family models from the second block;
 # dao-p: DAO-P (2026-11-24 recipe). Runs are cut by the recorded step counts, so the schedule
@@ -100,6 +100,36 @@ evaluate() {
     $v --model shipped=dao-g-base $samplers $sets
 }
 
+families() {
+    # Block 5 (2026-12-06, one H100, BUDGET=360): per-family fine-tunes from the block-4
+    # dao-g-base, all weights, at two learning rates each; the four runs share one GPU.
+    local ft="--model dao-g --init dao-g-base --batch-size 512 --eval-every 500 --split $SPLIT
+        --weight-decay 1e-5 --warmup 100 --steps 10000000 --time-budget ${BUDGET:-360}"
+    for lr in 1e-4 3e-4; do
+        $DAO train $ft --data "$PRE/perov5.npz" --out "$RUNS/perov5-lr$lr" --lr $lr \
+            --step-lr 5e-7 --temperature 1.0 &
+        $DAO train $ft --data "$PRE/carbon24.npz" --out "$RUNS/carbon24-lr$lr" --lr $lr \
+            --step-lr 5e-7 --temperature 0.5 &
+    done
+    wait
+}
+
+evaluate_families() {
+    # Each fine-tune (fp16, as shipped) on its family's held-out split, seeds 0-2, at its saved
+    # sampler and at neighbouring temperatures; the four evaluations run side by side.
+    local v="python benchmarks/validation_suite.py --split $SPLIT --seeds 0,1,2"
+    for lr in 1e-4 3e-4; do
+        export_fp16 "$RUNS/perov5-lr$lr/final" "$RUNS/perov5-lr$lr-fp16"
+        export_fp16 "$RUNS/carbon24-lr$lr/final" "$RUNS/carbon24-lr$lr-fp16"
+        $v --model "perov5-lr$lr=$RUNS/perov5-lr$lr-fp16" --set "perov5=$PRE/perov5.npz" \
+            --sampler default --sampler temperature=0.7 --out "$RUNS/families-perov5-$lr.csv" &
+        $v --model "carbon24-lr$lr=$RUNS/carbon24-lr$lr-fp16" --set "carbon24=$PRE/carbon24.npz" \
+            --sampler default --sampler temperature=0.3 --sampler temperature=0.7 \
+            --out "$RUNS/families-carbon24-$lr.csv" &
+    done
+    wait
+}
+
 dao_p() {
     # DAO-P on the labelled union, labels standardised per data set (dao-p-base, 2026-11-24).
     $DAO train --model dao-p --preset base --out "$RUNS/dao-p-base" --steps 9692 \
@@ -115,6 +145,8 @@ case $stage in
     labels) labels ;;
     block2) block2 ;;
     evaluate) evaluate ;;
+    families) families ;;
+    evaluate-families) evaluate_families ;;
     all) preprocess; dao_g; finetune; dao_p ;;
-    *) echo "unknown stage $stage (preprocess|dao-g|finetune|dao-p|labels|block2|evaluate|all)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (preprocess|dao-g|finetune|dao-p|labels|block2|evaluate|families|evaluate-families|all)" >&2; exit 2 ;;
 esac

@@ -505,6 +505,11 @@ def test_benchmark_csp_counts_a_template_hit_against_the_relaxed_reference(dao_e
     assert row.hit_source["diffcsp"] == "template"
     assert abs(row.e_best_minus_reference_meV) < 5  # the same structure, relaxed alike
     assert summary["top1_diffcsp"] == 1.0 and summary["top1_by_source_cspbench"] == {"template": 1}
+    # Scored by mix from the same pool: any mix with the templates has the hit; pyxtal (no
+    # candidates here) has none.
+    mixes = row.top1_by_mix["diffcsp"]
+    assert mixes["template"] and mixes["dao-g+template"] and not mixes["pyxtal"]
+    assert summary["top1_by_mix_cspbench"]["template"] == 1.0
     # A resumed run keeps a finished composition's row instead of running it again.
     saved = rows_from_json(json.loads(json.dumps(to_json([row], summary, options))))
     again, _ = run_benchmark_csp([record], options, done=saved)

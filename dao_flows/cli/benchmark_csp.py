@@ -87,13 +87,15 @@ def benchmark_csp(
                   console=console) as bar:  # fmt: skip
         task = bar.add_task("compositions", total=len(records))
         rows, summary = run_benchmark_csp(records, options, progress=save, done=done)
-    table = Table("tolerance", "top-1", "top-5", "top-1 by source")
+    table = Table("tolerance", "top-1", "top-5", "top-1 by source", "top-1, one mix alone")
     for name in ("diffcsp", "cspbench"):
         by_source = summary[f"top1_by_source_{name}"]
+        by_mix = summary[f"top1_by_mix_{name}"]
         table.add_row(
             name, f"{100 * summary[f'top1_{name}']:.1f} %",
             f"{100 * summary[f'top5_{name}']:.1f} %",
             ", ".join(f"{k} {v}" for k, v in by_source.items()) or "-",
+            ", ".join(f"{k} {100 * v:.0f} %" for k, v in by_mix.items()) or "-",
         )  # fmt: skip
     console.print(table)
     console.print(
