@@ -1,6 +1,6 @@
 """DAO-G sampling throughput: the materialised attention with a Python step loop (before) against
-the factorised attention with a CUDA-graph step loop, with and without ``torch.compile``,
-presets and batch sizes swept.
+the factorised attention with a CUDA-graph step loop, with and without ``torch.compile``, and
+the fused Triton attention kernel (dao_core.fused_attention), presets and batch sizes swept.
 
     python benchmarks/sampling_throughput.py --device cuda --presets base,paper \
         --batch-sizes 256,1024,4096 --atoms 5,20 --steps 50
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -37,12 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from materialised import materialised_forward  # noqa: E402 (the test reference)
 
 IMPLEMENTATIONS = {
-    # name: (factorised attention, CUDA graph, torch.compile)
-    "materialised + eager loop (before)": (False, False, False),
-    "factorised + eager loop": (True, False, False),
-    "factorised + CUDA graph": (True, True, False),
-    "factorised + CUDA graph + compile": (True, True, True),
-    "materialised + CUDA graph + compile": (False, True, True),
+    # name: (factorised attention, CUDA graph, torch.compile, fused Triton attention kernel)
+    "materialised + eager loop (before)": (False, False, False, False),
+    "factorised + eager loop": (True, False, False, False),
+    "factorised + CUDA graph": (True, True, False, False),
+    "factorised + CUDA graph + compile": (True, True, True, False),
+    "materialised + CUDA graph + compile": (False, True, True, False),
+    "fused kernel + CUDA graph": (True, True, False, True),
 }
 
 
@@ -91,9 +93,10 @@ def main() -> None:
                 lattice = 5 * torch.eye(3, device=device) + torch.rand(b, 3, 3, device=device)
                 t = torch.full((b,), 500, device=device)
                 reference = None
-                for name, (factorised, graph, compiled) in IMPLEMENTATIONS.items():
-                    if args.only not in name or (graph and device.type != "cuda"):
+                for name, (factorised, graph, compiled, fused) in IMPLEMENTATIONS.items():
+                    if args.only not in name or ((graph or fused) and device.type != "cuda"):
                         continue
+                    os.environ["DAO_FUSED_ATTENTION"] = "1" if fused else "0"
                     forward = model.net if factorised else partial(materialised_forward, model.net)
                     if compiled:
                         forward = torch.compile(forward, dynamic=False, fullgraph=True)

@@ -19,6 +19,11 @@ from torch import nn
 
 from dao_core.elements import element_table
 
+try:  # the one-kernel attention for GPU inference (needs triton)
+    from dao_core import fused_attention
+except ImportError:
+    fused_attention = None
+
 MAX_Z = 100
 
 
@@ -161,11 +166,16 @@ class CrysformerLayer(nn.Module):
         self.res_ff = GatedResidual(cfg.hidden)
 
     def forward(
-        self, h: torch.Tensor, pairs: PairGeometry, attn_bias: torch.Tensor, edge_norm: nn.LayerNorm
+        self,
+        h: torch.Tensor,
+        pairs: PairGeometry,
+        attn_bias: torch.Tensor,
+        edge_norm: nn.LayerNorm,
+        mask: torch.Tensor,
     ) -> torch.Tensor:
         """Attention in which receiver i sees sender j's key and value as k_j + W_e e_ij and
         v_j + W_e e_ij, computed exactly from per-atom waves and N x N scalars (PairGeometry)."""
-        b, n, width = h.shape
+        b, n, _ = h.shape
         heads, dim, waves_dim = self.heads, self.head_dim, 6 * self.fourier
         q, k, v = self.qkv(self.norm_attn(h)).view(b, n, 3, heads, dim).unbind(2)
         # W_e LN(e) = inv_std * (W_e diag(gamma) e - mean * W_e gamma) + W_e beta.
@@ -179,6 +189,12 @@ class CrysformerLayer(nn.Module):
         gram_vec = (pairs.gram @ w[:, :9].T.to(pairs.gram.dtype)).view(b, 1, heads, dim)
         centre_vec = w.sum(1).view(heads, dim)  # W_e gamma
         shift_vec = (self.edge.weight @ edge_norm.bias).view(heads, dim)  # W_e beta
+        if fused_attention and fused_attention.enabled(h):  # one kernel, no autograd
+            msg = fused_attention.attention_messages(
+                q, k, v, w_wave, gram_vec.view(b, heads, dim), centre_vec, shift_vec,
+                pairs.waves, pairs.mean, pairs.inv_std, mask,
+            )  # fmt: skip
+            return self._residuals(h, msg)
         inv_std, mean = pairs.inv_std[:, None], pairs.mean[:, None]  # (B, 1, N, N)
 
         # Logits q_i.(k_j + W_e LN(e_ij)): the wave part is sum over (c, k) of the query's
@@ -205,7 +221,10 @@ class CrysformerLayer(nn.Module):
             - (scaled * mean).sum(-1).transpose(1, 2)[..., None] * centre_vec
             + shift_vec
         )
-        h = self.res_attn(h, self.out(msg.reshape(b, n, width)))
+        return self._residuals(h, msg)
+
+    def _residuals(self, h: torch.Tensor, msg: torch.Tensor) -> torch.Tensor:
+        h = self.res_attn(h, self.out(msg.flatten(2)))
         return self.res_ff(h, self.ff(self.norm_ff(h)))
 
 
@@ -255,7 +274,7 @@ class Crysformer(nn.Module):
         attn_bias = torch.zeros(pair.shape, dtype=h.dtype, device=h.device)
         attn_bias = attn_bias.masked_fill(~pair, float("-inf"))[:, None]
         for layer in self.layers:
-            h = layer(h, pairs, attn_bias, self.edge_norm)
+            h = layer(h, pairs, attn_bias, self.edge_norm, mask)
         h = self.final_norm(h) * mask[..., None]
         pooled = h.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return h, pooled

@@ -1,0 +1,159 @@
+"""Crysformer attention messages in one Triton kernel (inference only).
+
+`CrysformerLayer` computes its attention exactly from per-atom waves and N x N scalars
+(`PairGeometry`), but as separate PyTorch operations the per-head wave products
+(B x N x heads x 6K values, 12x the hidden state for the `base` preset) make several passes
+through GPU memory; after `torch.compile` they are most of a sampling step. Here one program
+per (crystal, head) projects the query onto the wave basis, rotates it by the receiver's
+phases, forms the logits, the softmax and the messages, and projects back, a chunk of
+frequencies at a time, so those products never leave on-chip memory. Same parameters, same
+result as `CrysformerLayer`'s PyTorch path (tested in Triton's interpreter on the CPU).
+
+No autograd: the layer uses it only when no gradient is needed (sampling without guidance),
+on CUDA tensors, when `DAO_FUSED_ATTENTION=1` (or `TRITON_INTERPRET=1` for tests).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+def enabled(x: torch.Tensor) -> bool:
+    """Whether the layer should use the kernel for this call."""
+    if os.environ.get("DAO_FUSED_ATTENTION", "0") != "1" or torch.is_grad_enabled():
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _chunk(w_head, waves, d, i, c, d_ok, row_ok, start, K3: tl.constexpr, dtype: tl.constexpr):
+    """One chunk of (c, k) frequencies: the head's wave projection columns (D, CHUNK) for the
+    sin and cos halves, and the atoms' sin and cos waves (N, CHUNK)."""
+    w_at = w_head + d[:, None] * 2 * K3 + start + c[None, :]
+    w_sin = tl.load(w_at, mask=d_ok[:, None], other=0.0).to(dtype)
+    w_cos = tl.load(w_at + K3, mask=d_ok[:, None], other=0.0).to(dtype)
+    wave_at = waves + i[:, None] * 2 * K3 + start + c[None, :]
+    sin = tl.load(wave_at, mask=row_ok[:, None], other=0.0)
+    cos = tl.load(wave_at + K3, mask=row_ok[:, None], other=0.0)
+    return w_sin, w_cos, sin, cos
+
+
+@triton.jit
+def _attention_kernel(
+    q_ptr, k_ptr, v_ptr, stride_b, stride_n, stride_h,
+    w_ptr, waves_ptr, mean_ptr, inv_std_ptr, gram_ptr, centre_ptr, shift_ptr, mask_ptr,
+    out_ptr, n_atoms, heads, scale,
+    D: tl.constexpr, K3: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CHUNK: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0) // heads
+    h = tl.program_id(0) % heads
+    i = tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D)
+    c = tl.arange(0, CHUNK)
+    row_ok = i < n_atoms
+    d_ok = d < D
+    atom_tile = row_ok[:, None] & d_ok[None, :]
+    qkv = b * stride_b + i[:, None] * stride_n + h * stride_h + d[None, :]
+    q = tl.load(q_ptr + qkv, mask=atom_tile, other=0.0)
+    dtype = q.dtype
+    w_head = w_ptr + h * D * 2 * K3  # w_wave[h]: (D, [sin (c,k) | cos (c,k)])
+    waves = waves_ptr + b * n_atoms * 2 * K3  # waves[b]: (N, [sin | cos])
+
+    # Logits: the query projected on the wave basis and rotated by -a_i, dotted with the
+    # senders' waves, one chunk of (c, k) frequencies at a time.
+    wave_logit = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
+    for start in tl.static_range(0, K3, CHUNK):
+        w_sin, w_cos, sin, cos = _chunk(w_head, waves, d, i, c, d_ok, row_ok, start, K3, dtype)
+        q_sin = tl.dot(q, w_sin, input_precision=PRECISION)
+        q_cos = tl.dot(q, w_cos, input_precision=PRECISION)
+        sin32, cos32 = sin.to(tl.float32), cos.to(tl.float32)
+        rot_sin = (q_sin * cos32 + q_cos * sin32).to(dtype)
+        rot_cos = (q_cos * cos32 - q_sin * sin32).to(dtype)
+        wave_logit += tl.dot(rot_sin, tl.trans(sin), input_precision=PRECISION)
+        wave_logit += tl.dot(rot_cos, tl.trans(cos), input_precision=PRECISION)
+
+    vec = b * heads * D + h * D + d
+    gram = tl.load(gram_ptr + vec, mask=d_ok, other=0.0)
+    centre = tl.load(centre_ptr + h * D + d, mask=d_ok, other=0.0)
+    shift = tl.load(shift_ptr + h * D + d, mask=d_ok, other=0.0)
+    q32 = q.to(tl.float32)
+    q_gram = tl.sum(q32 * gram[None, :], axis=1)
+    q_centre = tl.sum(q32 * centre[None, :], axis=1)
+    pair = b * n_atoms * n_atoms + i[:, None] * n_atoms + i[None, :]
+    pair_ok = row_ok[:, None] & row_ok[None, :]
+    mean = tl.load(mean_ptr + pair, mask=pair_ok, other=0.0)
+    inv_std = tl.load(inv_std_ptr + pair, mask=pair_ok, other=0.0)
+    k = tl.load(k_ptr + qkv, mask=atom_tile, other=0.0)
+    logits = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    logits += inv_std * (q_gram[:, None] + wave_logit - mean * q_centre[:, None])
+    # Padded senders are masked; every receiver keeps itself (no empty row, no NaN).
+    sender = tl.load(mask_ptr + b * n_atoms + i, mask=row_ok, other=0) != 0
+    allowed = (sender & row_ok)[None, :] | (i[:, None] == i[None, :])
+    logits = tl.where(allowed, logits * scale, float("-inf"))
+    p = tl.exp(logits - tl.max(logits, axis=1)[:, None])
+    attn = p / tl.sum(p, axis=1)[:, None]
+
+    # Messages: sum_j a_ij (v_j + W_e LN(e_ij)); the senders' summed waves rotated by +a_i.
+    scaled = attn * inv_std
+    v = tl.load(v_ptr + qkv, mask=atom_tile, other=0.0)
+    msg = tl.dot(attn.to(dtype), v, input_precision=PRECISION)
+    msg += tl.sum(scaled, axis=1)[:, None] * gram[None, :]
+    msg += shift[None, :] - tl.sum(scaled * mean, axis=1)[:, None] * centre[None, :]
+    scaled = scaled.to(dtype)
+    for start in tl.static_range(0, K3, CHUNK):
+        w_sin, w_cos, sin, cos = _chunk(w_head, waves, d, i, c, d_ok, row_ok, start, K3, dtype)
+        sum_sin = tl.dot(scaled, sin, input_precision=PRECISION)
+        sum_cos = tl.dot(scaled, cos, input_precision=PRECISION)
+        sin32, cos32 = sin.to(tl.float32), cos.to(tl.float32)
+        msg_sin = (sum_sin * cos32 - sum_cos * sin32).to(dtype)
+        msg_cos = (sum_cos * cos32 + sum_sin * sin32).to(dtype)
+        msg += tl.dot(msg_sin, tl.trans(w_sin), input_precision=PRECISION)
+        msg += tl.dot(msg_cos, tl.trans(w_cos), input_precision=PRECISION)
+    out = b * n_atoms * heads * D + i[:, None] * heads * D + h * D + d[None, :]
+    tl.store(out_ptr + out, msg.to(out_ptr.dtype.element_ty), mask=atom_tile)
+
+
+def attention_messages(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w_wave: torch.Tensor,
+    gram_vec: torch.Tensor,
+    centre_vec: torch.Tensor,
+    shift_vec: torch.Tensor,
+    waves: torch.Tensor,
+    mean: torch.Tensor,
+    inv_std: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Messages (B, N, heads, D) of `CrysformerLayer`'s attention. q, k, v: (B, N, heads, D)
+    views sharing strides (as split from one qkv projection); w_wave (heads, D, 6K);
+    gram_vec (B, heads, D); centre_vec, shift_vec (heads, D); waves (B, N, 6K);
+    mean, inv_std (B, N, N); mask (B, N)."""
+    b, n, heads, dim = q.shape
+    k3 = waves.shape[-1] // 2
+    assert q.stride() == k.stride() == v.stride() and q.stride(-1) == 1
+    dtype = q.dtype
+    out = torch.empty((b, n, heads, dim), dtype=dtype, device=q.device)
+    block_n = max(16, 1 << (n - 1).bit_length())
+    block_d = max(16, 1 << (dim - 1).bit_length())
+    chunk = next(size for size in (64, 32, 16) if k3 % size == 0)
+    _attention_kernel[(b * heads,)](
+        q, k, v, q.stride(0), q.stride(1), q.stride(2),
+        w_wave.to(dtype).contiguous(), waves.to(dtype).contiguous(),
+        mean.float().contiguous(), inv_std.float().contiguous(),
+        gram_vec.float().contiguous(), centre_vec.float().contiguous(),
+        shift_vec.float().contiguous(), mask.to(torch.int8).contiguous(), out,
+        n, heads, 1 / math.sqrt(dim),
+        D=dim, K3=k3, BLOCK_N=block_n, BLOCK_D=block_d, CHUNK=chunk,
+        PRECISION="ieee" if dtype == torch.float32 else "tf32",
+    )  # fmt: skip
+    return out
