@@ -20,6 +20,7 @@ from dao_flows.cli.flows import (
     console,
     input_errors_exit,
 )
+from dao_flows.cli.models import Limit, Split
 
 
 @app.command("benchmark-csp")
@@ -30,11 +31,8 @@ def benchmark_csp(
     n_random: NRandom = 40,
     n_template: NTemplate = 20,
     templates: Templates = None,
-    split: Annotated[
-        str | None,
-        typer.Option(help="only the 'val' ids of this split JSON (SPLIT:NAME: a subset)"),
-    ] = None,
-    limit: Annotated[int | None, typer.Option(help="first N crystals only")] = None,
+    split: Split = None,
+    limit: Limit = None,
     sample: Annotated[
         int | None, typer.Option(help="a random N of the crystals (seeded by --seed)")
     ] = None,

@@ -6,6 +6,7 @@ Heavy imports (torch, jobflow, atomate2) happen inside the commands so ``dao --h
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -110,6 +111,34 @@ Model = Annotated[str | None, typer.Option(help="DAO-G checkpoint (name or path)
 Guidance = Annotated[str | None, typer.Option(help="DAO-P checkpoint (name, path or 'none')")]
 
 
+def _shared_flow_options(
+    n: N = None, n_random: NRandom = None, n_template: NTemplate = None,
+    templates: Templates = None, structures: Structures = None, steps: Steps = None,
+    scale: Scale = None, formula_units: FormulaUnits = None, seed: Seed = None,
+    relax: Relax = None, fmax: Fmax = None, relax_steps: RelaxSteps = None,
+    force_field: ForceField = None, verify_top: VerifyTop = None, device: Device = None,
+    model: Model = None, guidance: Guidance = None,
+) -> None:  # fmt: skip
+    """The signature of the options `dao csp` and `dao submit` share (see flow_options)."""
+
+
+def flow_options(command):  # type: ignore[no-untyped-def]
+    """Declare the shared flow options once: the command's CLI signature gains them, and the
+    command receives those the user set as ``options`` (checked by _flow_options)."""
+    shared = inspect.signature(_shared_flow_options, eval_str=True).parameters
+    own = inspect.signature(command, eval_str=True).parameters.values()
+    own = [p for p in own if p.name != "options"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):  # type: ignore[no-untyped-def]
+        given = {name: kwargs.pop(name) for name in shared}
+        return command(**kwargs, options=_flow_options(**given))
+
+    wrapper.__signature__ = inspect.Signature([*own, *shared.values()])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**_shared_flow_options.__annotations__, **command.__annotations__}
+    return wrapper
+
+
 def _print_result(result: Any, top: int | None, dft_rows: list[dict[str, Any]] | None) -> None:
     """Ranking table, failed candidates and the DFT check: what `csp` and `query` print."""
     from dao_flows.report import dft_table, result_table
@@ -138,25 +167,10 @@ def defaults() -> None:
 @app.command()
 @input_errors_exit
 @store_errors_exit
+@flow_options
 def csp(
     formula: Annotated[str, typer.Argument(help="composition, e.g. CsV3Sb5")],
-    n: N = None,
-    n_random: NRandom = None,
-    n_template: NTemplate = None,
-    templates: Templates = None,
-    structures: Structures = None,
-    steps: Steps = None,
-    scale: Scale = None,
-    formula_units: FormulaUnits = None,
-    seed: Seed = None,
-    relax: Relax = None,
-    fmax: Fmax = None,
-    relax_steps: RelaxSteps = None,
-    force_field: ForceField = None,
-    verify_top: VerifyTop = None,
-    device: Device = None,
-    model: Model = None,
-    guidance: Guidance = None,
+    options: dict[str, Any],
     out: Annotated[Path | None, typer.Option(help="folder for CIFs, figures, summary")] = None,
     top: Annotated[int | None, typer.Option(help="rows to print / CIFs to write")] = None,
     xrd_top: Annotated[int, typer.Option(help="polymorphs in the XRD figure")] = 5,
@@ -174,13 +188,7 @@ def csp(
     from dao_flows.schemas import CSPResultDoc
     from dao_flows.stores import describe_store, get_store
 
-    opts = _flow_options(
-        n=n, n_random=n_random, n_template=n_template, templates=templates,
-        structures=structures, steps=steps, scale=scale, formula_units=formula_units,
-        seed=seed, relax=relax, fmax=fmax, relax_steps=relax_steps, force_field=force_field,
-        verify_top=verify_top, device=device, model=model, guidance=guidance,
-    )  # fmt: skip
-    flow = dao_csp_flow(formula, **opts)  # validates the input before any job runs
+    flow = dao_csp_flow(formula, **options)  # validates the input before any job runs
     store = get_store()
     where = describe_store(store)
     out_dir = out or Path(f"dao_csp_{formula}")
@@ -250,30 +258,15 @@ def _run_with_progress(flow: Any, store: Any, formula: str) -> tuple[Any, list[s
 @app.command()
 @input_errors_exit
 @store_errors_exit
+@flow_options
 def submit(
     formula: Annotated[str, typer.Argument(help="composition, e.g. CsV3Sb5")],
+    options: dict[str, Any],
     launchpad: Annotated[
         Path | None, typer.Option(help="my_launchpad.yaml (MongoDB); default: embedded LaunchPad")
     ] = None,
     launch: Annotated[bool, typer.Option(help="also run it now (rapidfire, this process)")] = False,
     launch_dir: Annotated[Path | None, typer.Option(help="where rapidfire runs jobs")] = None,
-    n: N = None,
-    n_random: NRandom = None,
-    n_template: NTemplate = None,
-    templates: Templates = None,
-    structures: Structures = None,
-    steps: Steps = None,
-    scale: Scale = None,
-    formula_units: FormulaUnits = None,
-    seed: Seed = None,
-    relax: Relax = None,
-    fmax: Fmax = None,
-    relax_steps: RelaxSteps = None,
-    force_field: ForceField = None,
-    verify_top: VerifyTop = None,
-    device: Device = None,
-    model: Model = None,
-    guidance: Guidance = None,
 ) -> None:
     """Add the CSP workflow for FORMULA to a FireWorks LaunchPad (run it with rlaunch)."""
     from dao_flows.fireworks import close_launchpad, submit_flow
@@ -285,13 +278,7 @@ def submit(
         from dao_core.errors import DAOInputError
 
         raise DAOInputError(f"LaunchPad file {launchpad} does not exist")
-    opts = _flow_options(
-        n=n, n_random=n_random, n_template=n_template, templates=templates,
-        structures=structures, steps=steps, scale=scale, formula_units=formula_units,
-        seed=seed, relax=relax, fmax=fmax, relax_steps=relax_steps, force_field=force_field,
-        verify_top=verify_top, device=device, model=model, guidance=guidance,
-    )  # fmt: skip
-    flow = dao_csp_flow(formula, **opts)
+    flow = dao_csp_flow(formula, **options)
     info = submit_flow(flow, launchpad_file=launchpad)  # the store: see submit_flow
     lp = info["launchpad"]
     console.print(

@@ -35,6 +35,11 @@ def _datasets(spec: str) -> list[tuple[Path, str | None]]:
 
 
 # Sampler settings saved with a model (`dao train`) or overriding its own (`dao benchmark`).
+Split = Annotated[
+    str | None,
+    typer.Option(help="only the 'val' ids of this split JSON (SPLIT:NAME: a subset)"),
+]
+Limit = Annotated[int | None, typer.Option(help="first N crystals only")]
 StepLr = Annotated[float | None, typer.Option(help="sampler corrector step (default: the model's)")]
 Temperature = Annotated[
     float | None, typer.Option(help="sampler noise multiplier (default: the model's)")
@@ -243,11 +248,8 @@ def benchmark(
     steps: Annotated[int | None, typer.Option(help="sampling steps (default: model's)")] = None,
     step_lr: StepLr = None,
     temperature: Temperature = None,
-    split: Annotated[
-        str | None,
-        typer.Option(help="evaluate only the 'val' ids of this split JSON (SPLIT:NAME: a subset)"),
-    ] = None,
-    limit: Annotated[int | None, typer.Option(help="first N crystals only")] = None,
+    split: Split = None,
+    limit: Limit = None,
     batch_size: int = 1024,
     seed: int = 0,
     device: str | None = None,
