@@ -87,3 +87,35 @@ def test_fused_kernel_equals_factorised(preset: str, n: int) -> None:
     errors = json.loads(run.stdout.splitlines()[-1])
     assert errors["used_kernel"] and max(errors["relative"]) < 1e-5, errors
     assert errors["padding_silent"]
+
+
+@pytest.mark.parametrize(("preset", "n"), [("base", 5), ("base", 20), ("paper", 20)])
+def test_fused_kernel_compiles_for_hopper(preset: str, n: int) -> None:
+    """The interpreter does not run Triton's compiler: compile the kernel for sm_90 in bf16 at
+    the shipped presets' sizes, as a GPU would (Triton's bundled ptxas; no GPU needed)."""
+    pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+
+    from dao_core.fused_attention import _attention_kernel, tile_sizes
+
+    cfg = CrysformerConfig.preset(preset)
+    sizes = tile_sizes(n, cfg.hidden // cfg.heads, 3 * cfg.fourier)
+    names = _attention_kernel.arg_names
+    types = dict.fromkeys(names[:18], "i32")
+    types.update(
+        dict.fromkeys(["q_ptr", "k_ptr", "v_ptr", "w_ptr", "waves_ptr", "out_ptr"], "*bf16")
+    )
+    types.update(
+        dict.fromkeys(["mean_ptr", "inv_std_ptr", "gram_ptr", "centre_ptr", "shift_ptr"], "*fp32")
+    )
+    types.update(mask_ptr="*i8", scale="fp32")
+    constants = {**sizes, "PRECISION": "tf32"}
+    types.update(dict.fromkeys(constants, "constexpr"))
+    source = ASTSource(
+        fn=_attention_kernel,
+        signature=types,
+        constexprs={(names.index(k),): v for k, v in constants.items()},
+    )
+    kernel = compile(source, target=GPUTarget("cuda", 90, 32))
+    assert "mma" in kernel.asm["ptx"] and kernel.asm["cubin"]
