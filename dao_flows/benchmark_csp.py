@@ -45,6 +45,10 @@ class CSPBenchmarkRow:
     hit_source: dict[str, str | None] = field(default_factory=dict)
     e_best_minus_reference_meV: float | None = None  # < 0: the search beat the reference
     top1_by_mix: dict[str, dict[str, bool]] = field(default_factory=dict)  # tolerance -> mix
+    # The ranked top (rank, source, energy, status, flag, matches), with CIFs of those and of
+    # the relaxed reference when asked: ranking rules and potentials can be re-studied offline.
+    top: list[dict[str, Any]] = field(default_factory=list)
+    reference_cif: str | None = None
     error: str | None = None
 
     def success(self, tolerance: str, k: int) -> bool:
@@ -58,7 +62,9 @@ def cell_formula(record: CrystalRecord) -> str:
     return Composition(dict(zip(z.tolist(), counts.tolist(), strict=True))).formula.replace(" ", "")
 
 
-def run_case(record: CrystalRecord, options: dict[str, Any], top: int) -> CSPBenchmarkRow:
+def run_case(
+    record: CrystalRecord, options: dict[str, Any], top: int, save_structures: bool = False
+) -> CSPBenchmarkRow:
     from dao_flows.batched_fire import batched_fire_relax
     from dao_flows.flows import dao_csp_flow
     from dao_flows.local import run_in_memory
@@ -73,9 +79,25 @@ def run_case(record: CrystalRecord, options: dict[str, Any], top: int) -> CSPBen
         )
         polymorphs = result.polymorphs[:top]
         target: Structure = reference.structure or record.to_structure()
+        matches = {
+            name: [_fits(StructureMatcher(**tolerance), p.structure, target) for p in polymorphs]
+            for name, tolerance in TOLERANCES.items()
+        }
+        row.top = [
+            dict(
+                rank=p.rank, source=p.source, candidate_id=p.candidate_id,
+                energy_per_atom=p.energy_per_atom, relax_status=p.relax_status,
+                implausible=p.implausible, duplicates=p.duplicates,
+                matches={name: hits[i] for name, hits in matches.items()},
+                **({"cif": p.structure.to(fmt="cif")} if save_structures else {}),
+            )
+            for i, p in enumerate(polymorphs)
+        ]  # fmt: skip
+        if save_structures:
+            row.reference_cif = target.to(fmt="cif")
         for name, tolerance in TOLERANCES.items():
             matcher = StructureMatcher(**tolerance)
-            hit = next((p for p in polymorphs if _fits(matcher, p.structure, target)), None)
+            hit = next((p for p, fit in zip(polymorphs, matches[name], strict=True) if fit), None)
             row.hit_rank[name] = hit.rank if hit else None
             row.hit_source[name] = hit.source if hit else None
             row.top1_by_mix[name] = {
@@ -144,6 +166,7 @@ def run_benchmark_csp(
     top: int = 5,
     progress: Callable[[list[CSPBenchmarkRow]], None] | None = None,
     done: Sequence[CSPBenchmarkRow] = (),
+    save_structures: bool = False,
 ) -> tuple[list[CSPBenchmarkRow], dict[str, Any]]:
     """Rows for ``records`` (those already in ``done`` are kept, not rerun); ``progress`` gets
     the rows so far after each composition (to save them: a killed run loses nothing)."""
@@ -152,7 +175,7 @@ def run_benchmark_csp(
     for record in records:
         if record.material_id in finished:
             continue
-        rows.append(run_case(record, options, top))
+        rows.append(run_case(record, options, top, save_structures))
         if progress:
             progress(rows)
     return rows, summarise(rows)

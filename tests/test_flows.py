@@ -499,8 +499,10 @@ def test_benchmark_csp_counts_a_template_hit_against_the_relaxed_reference(dao_e
     assert cell_formula(record) == "Na4Cl4"
     # No random candidates: one relaxing into rocksalt too could represent the group instead.
     options = dict(n=1, n_random=0, n_template=2, steps=10, seed=0, fmax=0.1)
-    (row,), summary = run_benchmark_csp([record], options, top=5)
+    (row,), summary = run_benchmark_csp([record], options, top=5, save_structures=True)
     assert row.error is None and row.n_atoms == 8
+    assert row.top[0]["rank"] == 1 and row.top[0]["matches"]["cspbench"]
+    assert row.top[0]["source"] == "template" and "cif" in row.top[0] and row.reference_cif
     assert row.hit_rank["diffcsp"] == 1 and row.hit_rank["cspbench"] == 1
     assert row.hit_source["diffcsp"] == "template"
     assert abs(row.e_best_minus_reference_meV) < 5  # the same structure, relaxed alike

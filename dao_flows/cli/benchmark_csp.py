@@ -46,6 +46,9 @@ def benchmark_csp(
         Path | None,
         typer.Option("--json", help="rows + summary, saved after each composition; resumes"),
     ] = None,
+    save_structures: Annotated[
+        bool, typer.Option(help="keep CIFs of the top polymorphs and the reference in the rows")
+    ] = False,
 ) -> None:
     """Pool -> relaxation -> ranking per composition of DATA; top-1/top-5 success against the
     relaxed reference, by source, with time per composition."""
@@ -84,7 +87,9 @@ def benchmark_csp(
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:  # fmt: skip
         task = bar.add_task("compositions", total=len(records))
-        rows, summary = run_benchmark_csp(records, options, progress=save, done=done)
+        rows, summary = run_benchmark_csp(
+            records, options, progress=save, done=done, save_structures=save_structures
+        )
     table = Table("tolerance", "top-1", "top-5", "top-1 by source", "top-1, one mix alone")
     for name in ("diffcsp", "cspbench"):
         by_source = summary[f"top1_by_source_{name}"]
