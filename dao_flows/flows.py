@@ -24,6 +24,7 @@ from dao_flows.generation import (
     validate_request,
 )
 from dao_flows.ranking import RankingMaker
+from dao_flows.refine import RefineMaker
 from dao_flows.relax import BatchedRelaxMaker, default_relax_maker
 
 RelaxMode = Literal["per-candidate", "batched"]
@@ -33,7 +34,7 @@ GENERATION_OPTIONS = ("n", "n_random", "n_template", "templates", "structures", 
                       "scale", "formula_units", "seed", "model", "guidance")  # fmt: skip
 RELAX_OPTIONS = {"force_field": "force_field_name", "fmax": "fmax", "relax_steps": "steps"}
 OPTIONS = (*GENERATION_OPTIONS, *RELAX_OPTIONS, "relax", "relax_maker", "device", "symprec",
-           "score_model", "verify_top", "dft_maker")  # fmt: skip
+           "score_model", "verify_top", "dft_maker", "refine_top")  # fmt: skip
 
 
 def add_option_arguments(parser: argparse.ArgumentParser, relax: str | None = None) -> None:
@@ -90,6 +91,9 @@ class DAOCSPMaker(Maker):
         final structure and energy; default: atomate2's ``ForceFieldRelaxMaker`` with the
         force field, ``fmax``, steps and device of ``batched_relax_maker``, so both routes
         relax alike.
+    refine_maker
+        Re-ranks the ``refine_maker.top`` best polymorphs with a second potential
+        (SevenNet-l3i5 by default; ``top = 0``, the default, skips it).
     verify_top, dft_maker
         Hook for DFT verification of the ``verify_top`` best polymorphs:
         ``dft_maker.make(structure)`` jobs are added after the ranking. With ``verify_top > 0``
@@ -102,6 +106,7 @@ class DAOCSPMaker(Maker):
     relax_maker: Maker | None = None  # None: atomate2's, with batched_relax_maker's settings
     batched_relax_maker: BatchedRelaxMaker = field(default_factory=BatchedRelaxMaker)
     ranking_maker: RankingMaker = field(default_factory=RankingMaker)
+    refine_maker: RefineMaker = field(default_factory=RefineMaker)
     verify_top: int = 0
     dft_maker: Maker | None = None
 
@@ -123,6 +128,7 @@ class DAOCSPMaker(Maker):
         generation = {k: options[k] for k in GENERATION_OPTIONS if k in options}
         relax = {RELAX_OPTIONS[k]: options[k] for k in RELAX_OPTIONS if k in options}
         ranking = {k: options[k] for k in ("symprec", "score_model") if k in options}
+        refine = {"top": options["refine_top"]} if "refine_top" in options else {}
         guidance = options.get("guidance", "default")
         if "score_model" not in options and guidance != "default":
             ranking["score_model"] = guidance  # score with the guiding model, or not at all
@@ -134,6 +140,7 @@ class DAOCSPMaker(Maker):
             generation_maker=DAOGenerationMaker(**generation, **device),
             batched_relax_maker=BatchedRelaxMaker(**relax, **device),
             ranking_maker=RankingMaker(**ranking, **device),
+            refine_maker=RefineMaker(**refine, **device),
             **flow_level,
         )
 
@@ -216,7 +223,12 @@ class DAOCSPMaker(Maker):
             dft_maker=dft_maker if self.verify_top > 0 else None,
         )
         jobs.append(rank)  # ranking_job: failed relaxations reach it as None
-        flow = Flow(jobs, output=rank.output, name=f"{self.name} {formula}", uuid=run_uuid)
+        output = rank.output
+        if self.refine_maker.top > 0:
+            refine = self.refine_maker.make(rank.output)
+            jobs.append(refine)
+            output = refine.output
+        flow = Flow(jobs, output=output, name=f"{self.name} {formula}", uuid=run_uuid)
         flow.update_metadata({"dao_run": run_uuid, "formula": formula})
         return flow
 
@@ -234,6 +246,7 @@ def default_options(maker: DAOCSPMaker) -> dict[str, tuple[Any, str]]:
         out[option] = (getattr(maker.ranking_maker, option), "ranking_maker")
     out["device"] = (maker.generation_maker.device, "every stage")
     out["verify_top"] = (maker.verify_top, "verify_top")
+    out["refine_top"] = (maker.refine_maker.top, "refine_maker.top")
     return out
 
 

@@ -88,7 +88,11 @@ def list_runs(formula: str | None = None, store: JobStore | None = None) -> list
             }
         )
     rows.sort(key=lambda r: str(r["completed_at"] or ""), reverse=True)
-    return rows
+    # A refined run stores its ranking twice (before and after re-ranking): keep the newest.
+    newest = {}
+    for row in rows:
+        newest.setdefault(row["run_uuid"], row)
+    return list(newest.values())
 
 
 def get_result(

@@ -154,6 +154,12 @@ class RankedPolymorph(StructureMetadata):
         None, description="why this polymorph is not a plausible structure (None: no reason)"
     )
     n_relax_steps: int | None = None
+    refined_energy_per_atom: float | None = Field(
+        None, description="energy after relaxing again with the refining potential (eV/atom)"
+    )
+    refined_e_above_min_meV: float | None = Field(
+        None, description="refined energy above the best refined polymorph, meV/atom"
+    )
     duplicates: list[str] = Field(
         default_factory=list, description="candidate ids that relaxed into the same structure"
     )

@@ -59,6 +59,10 @@ def rocksalt(a: float = 5.64) -> Structure:
     )
 
 
+def cscl(a: float = 3.4) -> Structure:
+    return Structure(Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
 # --------------------------------------------------------------------------- input validation
 
 
@@ -568,3 +572,37 @@ def test_cli_and_flow_share_the_makers_defaults(monkeypatch):
     assert defaults["n"][0] == DAOGenerationMaker.n and defaults["relax"][0] == "batched"
     with pytest.raises(DAOInputError, match="unknown CSP option.*'nn'"):
         DAOCSPMaker.from_options(nn=3)
+
+
+def test_refine_reranks_the_best_with_sevennet(dao_env, tmp_path):
+    """refine_top=2: the two best CHGNet polymorphs of NaCl (rocksalt and CsCl type, given as
+    user seeds) are relaxed again with SevenNet-l3i5 and ordered by its energy; rocksalt
+    stays first (it is the ground state for both potentials), the result records the
+    refining potential and the store lists the run once."""
+    pytest.importorskip("sevenn")
+    from dao_flows.local import run_in_memory
+
+    seeds = []
+    for name, structure in [("rocksalt", rocksalt(5.5)), ("cscl", cscl())]:
+        seeds.append(str(tmp_path / f"{name}.cif"))
+        structure.to(filename=seeds[-1])
+    result = run_in_memory(
+        dao_csp_flow(
+            "NaCl",
+            n=1,
+            n_random=0,
+            n_template=0,
+            steps=10,
+            seed=0,
+            structures=seeds,
+            refine_top=2,
+            fmax=0.1,
+        )  # fmt: skip
+    )
+    first, second = result.polymorphs[:2]
+    assert first.spacegroup_number == 225 and first.rank == 1
+    assert first.refined_e_above_min_meV == 0 and second.refined_e_above_min_meV > 0
+    assert first.refined_energy_per_atom < second.refined_energy_per_atom
+    assert all(p.refined_energy_per_atom is None for p in result.polymorphs[2:])
+    assert result.provenance["refined_by"]["model"] == "7net-l3i5"
+    assert result.timings["refine_s"] > 0

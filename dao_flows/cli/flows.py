@@ -106,6 +106,9 @@ ForceField = Annotated[
     str | None, typer.Option(help="CHGNet (default) or SevenNet (per-candidate)")
 ]
 VerifyTop = Annotated[int | None, typer.Option(help="DFT-verify the K best (Quantum ESPRESSO)")]
+RefineTop = Annotated[
+    int | None, typer.Option(help="re-rank the K best with SevenNet-l3i5 (needs sevenn)")
+]
 Device = Annotated[str | None, typer.Option(help="cpu | cuda (default: GPU if present)")]
 Model = Annotated[str | None, typer.Option(help="DAO-G checkpoint (name or path)")]
 Guidance = Annotated[str | None, typer.Option(help="DAO-P checkpoint (name, path or 'none')")]
@@ -116,7 +119,8 @@ def _shared_flow_options(
     templates: Templates = None, structures: Structures = None, steps: Steps = None,
     scale: Scale = None, formula_units: FormulaUnits = None, seed: Seed = None,
     relax: Relax = None, fmax: Fmax = None, relax_steps: RelaxSteps = None,
-    force_field: ForceField = None, verify_top: VerifyTop = None, device: Device = None,
+    force_field: ForceField = None, verify_top: VerifyTop = None,
+    refine_top: RefineTop = None, device: Device = None,
     model: Model = None, guidance: Guidance = None,
 ) -> None:  # fmt: skip
     """The signature of the options `dao csp` and `dao submit` share (see flow_options)."""
