@@ -64,11 +64,18 @@ def result_table(result: CSPResultDoc, top: int | None = None) -> Table:
         ("status", {"overflow": "fold"}),
     ):
         table.add_column(col, **kw)
+    refined_by = result.provenance.get("refined_by")
+    if refined_by:
+        table.caption = (
+            f"* re-ranked: {refined_by.get('model', refined_by['force_field_name'])} energy "
+            "above its best of the re-ranked"
+        )
     for p in result.polymorphs[:top] if top else result.polymorphs:
+        refined = p.refined_e_above_min_meV
         table.add_row(
             str(p.rank),
             f"{p.spacegroup_symbol} #{p.spacegroup_number}",
-            f"{p.e_above_min_meV:.1f}",
+            f"{p.e_above_min_meV:.1f}" if refined is None else f"{refined:.1f}*",
             f"{p.energy_per_atom:.4f}",
             "—" if p.dao_p_score is None else f"{p.dao_p_score:.3f}",
             p.source,

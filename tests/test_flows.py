@@ -606,3 +606,6 @@ def test_refine_reranks_the_best_with_sevennet(dao_env, tmp_path):
     assert all(p.refined_energy_per_atom is None for p in result.polymorphs[2:])
     assert result.provenance["refined_by"]["model"] == "7net-l3i5"
     assert result.timings["refine_s"] > 0
+    from dao_flows.report import result_table
+
+    assert "7net-l3i5" in result_table(result).caption  # the table says what ordered it
