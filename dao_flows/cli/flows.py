@@ -218,6 +218,7 @@ def csp(
     console.print(
         f"timings: generation {t.get('generation_s', 0):.1f} s, relaxation "
         f"{t.get('relax_s', 0):.1f} s, ranking {t.get('ranking_s', 0):.2f} s"
+        + (f", re-ranking {t['refine_s']:.1f} s" if "refine_s" in t else "")
     )
     console.print(
         f"wrote {len(cifs)} CIF(s), {', '.join(f.name for f in files.values())} and "
