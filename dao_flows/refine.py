@@ -3,7 +3,7 @@
 Measured on the end-to-end benchmark (docs/benchmarks.md, "Re-ranking"): when CHGNet's rank 1
 misses the real structure, the real one is usually among its top five, a few meV/atom higher;
 SevenNet-l3i5 (weights in the sevenn wheel), relaxing CHGNet's top five again, put it first in
-6 of 11 such compositions and kept all 16 hits. This job does that for any run: the top
+8 of 15 such held-out compositions and kept 24 of 25 hits. This job does that for any run: the top
 ``top`` polymorphs are relaxed again (atomate2's ASE relaxer, FIRE on a Fréchet cell filter)
 and ordered by the second potential's energy; the rest keep CHGNet's order below them.
 """
