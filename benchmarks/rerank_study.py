@@ -6,10 +6,11 @@ and the CHGNet-relaxed reference, as CIFs), relaxes each of them again with anot
 energy, and reports per composition whether rank 1 matches the reference (both relaxed by the
 second potential; StructureMatcher at DiffCSP's tolerances) before and after.
 
-    python benchmarks/rerank_study.py rows.json --potential sevennet:7net-0 --json out.json
+    python benchmarks/rerank_study.py rows.json --potential SevenNet:7net-l3i5 --json out.json
 
-Potentials: ``sevennet:<model>`` (weights ship in the sevenn wheel: 7net-0, 7net-l3i5,
-7net-mf-0) or ``chgnet`` (a control: the same potential again).
+The potential is an atomate2 MLFF name with an optional model (``SevenNet:7net-l3i5``; SevenNet's
+weights ship in its wheel; ``CHGNet`` is a control: the same potential again); relaxation and
+energies are dao_flows.refine's, as ``dao csp --refine-top`` runs them.
 """
 
 from __future__ import annotations
@@ -17,45 +18,27 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-from ase.filters import FrechetCellFilter
-from ase.optimize import FIRE
+from atomate2.forcefields.utils import ase_calculator
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
-from pymatgen.io.ase import AseAtomsAdaptor
 
 from dao_flows.benchmark_csp import TOLERANCES
+from dao_flows.refine import relax_structure
 
 
 def calculator(spec: str) -> Any:
-    if spec == "chgnet":
-        from chgnet.model.dynamics import CHGNetCalculator
-
-        return CHGNetCalculator(use_device="cpu")
-    kind, _, model = spec.partition(":")
-    if kind != "sevennet":
-        raise SystemExit(f"unknown potential {spec!r}: chgnet or sevennet:<model>")
-    from sevenn.calculator import SevenNetCalculator
-
-    return SevenNetCalculator(model or "7net-0", device="cpu")
-
-
-def relax(structure: Structure, calc: Any, fmax: float, steps: int) -> tuple[Structure, float]:
-    atoms = AseAtomsAdaptor.get_atoms(structure)
-    atoms.calc = calc
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        FIRE(FrechetCellFilter(atoms), logfile=None).run(fmax=fmax, steps=steps)
-    return AseAtomsAdaptor.get_structure(atoms), atoms.get_potential_energy() / len(atoms)
+    """``SevenNet:7net-l3i5`` -> atomate2's SevenNet calculator with that model (CPU)."""
+    name, _, model = spec.partition(":")
+    return ase_calculator(name, **({"model": model} if model else {}), device="cpu")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rows", type=Path, nargs="+", help="benchmark-csp JSON files")
-    parser.add_argument("--potential", default="sevennet:7net-0")
+    parser.add_argument("--potential", default="SevenNet:7net-l3i5")
     parser.add_argument("--fmax", type=float, default=0.05)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--json", type=Path)
@@ -68,12 +51,14 @@ def main() -> None:
             if row.get("error") or not row.get("reference_cif"):
                 continue
             started = time.perf_counter()
-            reference, e_ref = relax(Structure.from_str(row["reference_cif"], "cif"), calc,
-                                     args.fmax, args.steps)  # fmt: skip
+            reference, e_ref = relax_structure(
+                Structure.from_str(row["reference_cif"], "cif"), calc, args.fmax, args.steps
+            )
             ranked = []
             for polymorph in row["top"]:
-                structure, energy = relax(Structure.from_str(polymorph["cif"], "cif"), calc,
-                                          args.fmax, args.steps)  # fmt: skip
+                structure, energy = relax_structure(
+                    Structure.from_str(polymorph["cif"], "cif"), calc, args.fmax, args.steps
+                )
                 ranked.append((energy, polymorph["rank"], matcher.fit(structure, reference)))
             ranked.sort()
             result = dict(

@@ -79,10 +79,13 @@ def run_case(
         )
         polymorphs = result.polymorphs[:top]
         target: Structure = reference.structure or record.to_structure()
-        matches = {
-            name: [_fits(StructureMatcher(**tolerance), p.structure, target) for p in polymorphs]
-            for name, tolerance in TOLERANCES.items()
-        }
+        matchers = {name: StructureMatcher(**tolerance) for name, tolerance in TOLERANCES.items()}
+
+        @cache
+        def fits(name: str, rank: int) -> bool:  # each polymorph matched once per tolerance
+            return _fits(matchers[name], result.polymorphs[rank - 1].structure, target)
+
+        matches = {name: [fits(name, p.rank) for p in polymorphs] for name in TOLERANCES}
         row.top = [
             dict(
                 rank=p.rank, source=p.source, candidate_id=p.candidate_id,
@@ -95,13 +98,12 @@ def run_case(
         ]  # fmt: skip
         if save_structures:
             row.reference_cif = target.to(fmt="cif")
-        for name, tolerance in TOLERANCES.items():
-            matcher = StructureMatcher(**tolerance)
+        for name in TOLERANCES:
             hit = next((p for p, fit in zip(polymorphs, matches[name], strict=True) if fit), None)
             row.hit_rank[name] = hit.rank if hit else None
             row.hit_source[name] = hit.source if hit else None
             row.top1_by_mix[name] = {
-                mix: first is not None and _fits(matcher, first.structure, target)
+                mix: first is not None and fits(name, first.rank)
                 for mix, first in _first_by_mix(result.polymorphs).items()
             }
         if reference.energy_per_atom is not None:

@@ -4,7 +4,7 @@ Measured on the end-to-end benchmark (docs/benchmarks.md, "Re-ranking"): when CH
 misses the real structure, the real one is usually among its top five, a few meV/atom higher;
 SevenNet-l3i5 (weights in the sevenn wheel), relaxing CHGNet's top five again, put it first in
 8 of 15 such held-out compositions and kept 24 of 25 hits. This job does that for any run: the top
-``top`` polymorphs are relaxed again (atomate2's ASE relaxer, FIRE on a Fréchet cell filter)
+``top`` polymorphs are relaxed again (FIRE on a Fréchet cell filter, atomate2's ASE route)
 and ordered by the second potential's energy; the rest keep CHGNet's order below them.
 """
 
@@ -12,12 +12,35 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobflow import Maker
 
 from dao_flows.jobs import ranking_job
 from dao_flows.schemas import CSPResultDoc
+
+if TYPE_CHECKING:
+    from ase.calculators.calculator import Calculator
+    from pymatgen.core import Structure
+
+
+def relax_structure(
+    structure: Structure, calc: Calculator, fmax: float, steps: int
+) -> tuple[Structure, float]:
+    """Relax positions and cell (ASE FIRE on a FrechetCellFilter, as atomate2's relaxer does);
+    the relaxed structure and its energy per atom, read from the calculator's last step."""
+    import warnings
+
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.calc = calc
+    with warnings.catch_warnings():  # the potentials' own warnings, once per structure
+        warnings.simplefilter("ignore")
+        FIRE(FrechetCellFilter(atoms), logfile=None).run(fmax=fmax, steps=steps)
+    return AseAtomsAdaptor.get_structure(atoms), float(atoms.get_potential_energy()) / len(atoms)
 
 
 @dataclass
@@ -40,23 +63,14 @@ class RefineMaker(Maker):
             result = CSPResultDoc.model_validate(result)
         if self.top <= 0 or not result.polymorphs:
             return result
-        from atomate2.ase.utils import AseRelaxer
         from atomate2.forcefields.utils import ase_calculator
-        from pymatgen.io.ase import AseAtomsAdaptor
 
         started = time.perf_counter()
         device = {"device": self.device} if self.device else {}
         calc = ase_calculator(self.force_field_name, **self.calculator_kwargs, **device)
-        relaxer = AseRelaxer(calc, relax_cell=True)
         refined = []
         for polymorph in result.polymorphs[: self.top]:
-            relaxed = relaxer.relax(
-                polymorph.structure, fmax=self.fmax, steps=self.steps,
-                final_atoms_object_file=None,
-            ).final_mol_or_struct  # fmt: skip
-            atoms = AseAtomsAdaptor.get_atoms(relaxed)
-            atoms.calc = calc
-            energy = float(atoms.get_potential_energy()) / len(atoms)
+            _, energy = relax_structure(polymorph.structure, calc, self.fmax, self.steps)
             refined.append((polymorph.implausible is not None, energy, polymorph))
         refined.sort(key=lambda row: row[:2])  # plausible first, then by the new energy
         best = refined[0][1]

@@ -575,10 +575,9 @@ def test_cli_and_flow_share_the_makers_defaults(monkeypatch):
 
 
 def test_refine_reranks_the_best_with_sevennet(dao_env, tmp_path):
-    """refine_top=2: the two best CHGNet polymorphs of NaCl (rocksalt and CsCl type, given as
-    user seeds) are relaxed again with SevenNet-l3i5 and ordered by its energy; rocksalt
-    stays first (it is the ground state for both potentials), the result records the
-    refining potential and the store lists the run once."""
+    """refine_top=3: the best CHGNet polymorphs of NaCl (rocksalt and CsCl type given as user
+    seeds, beside one short DAO-G sample) are relaxed again with SevenNet-l3i5 and ordered by
+    its energy; rocksalt lies below CsCl for it too, and the result records the potential."""
     pytest.importorskip("sevenn")
     from dao_flows.local import run_in_memory
 
@@ -595,15 +594,16 @@ def test_refine_reranks_the_best_with_sevennet(dao_env, tmp_path):
             steps=10,
             seed=0,
             structures=seeds,
-            refine_top=2,
+            refine_top=3,
             fmax=0.1,
         )  # fmt: skip
     )
-    first, second = result.polymorphs[:2]
-    assert first.spacegroup_number == 225 and first.rank == 1
-    assert first.refined_e_above_min_meV == 0 and second.refined_e_above_min_meV > 0
-    assert first.refined_energy_per_atom < second.refined_energy_per_atom
-    assert all(p.refined_energy_per_atom is None for p in result.polymorphs[2:])
+    refined = [p for p in result.polymorphs if p.refined_energy_per_atom is not None]
+    assert [p.rank for p in refined] == list(range(1, min(3, len(result.polymorphs)) + 1))
+    order = [(p.implausible is not None, p.refined_energy_per_atom) for p in refined]
+    assert order == sorted(order) and refined[0].refined_e_above_min_meV == 0
+    by_group = {p.spacegroup_number: p.refined_energy_per_atom for p in refined}
+    assert by_group[225] < by_group[221]  # rocksalt below CsCl type
     assert result.provenance["refined_by"]["model"] == "7net-l3i5"
     assert result.timings["refine_s"] > 0
     from dao_flows.report import result_table
