@@ -45,7 +45,15 @@ IMPLEMENTATIONS = {
     "factorised + CUDA graph + compile": (True, True, True, False),
     "materialised + CUDA graph + compile": (False, True, True, False),
     "fused kernel + CUDA graph": (True, True, False, True),
+    "fused kernel + CUDA graph + compile": (True, True, True, True),
 }
+
+
+def selected(name: str, only: str) -> bool:
+    """``--only`` holds comma-separated names: a full name selects that row alone, any other
+    token every row whose name contains it."""
+    tokens = [t.strip() for t in only.split(",") if t.strip()]
+    return not tokens or any(t == name if t in IMPLEMENTATIONS else t in name for t in tokens)
 
 
 def synchronize(device: torch.device) -> None:
@@ -72,7 +80,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     parser.add_argument(
-        "--only", default="", help="run only the implementations whose name contains this"
+        "--only", default="", help="comma-separated implementation names or name fragments"
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -94,54 +102,67 @@ def main() -> None:
                 t = torch.full((b,), 500, device=device)
                 reference = None
                 for name, (factorised, graph, compiled, fused) in IMPLEMENTATIONS.items():
-                    if args.only not in name or ((graph or fused) and device.type != "cuda"):
+                    if not selected(name, args.only) or (
+                        (graph or fused) and device.type != "cuda"
+                    ):
                         continue
-                    os.environ["DAO_FUSED_ATTENTION"] = "1" if fused else "0"
-                    forward = model.net if factorised else partial(materialised_forward, model.net)
-                    if compiled:
-                        forward = torch.compile(forward, dynamic=False, fullgraph=True)
-
-                    def net(f, lat, tt, forward=forward):  # type: ignore[no-untyped-def]
-                        with amp:
-                            out = forward(types, f, lat, mask, tt)  # noqa: B023
-                        return CrysformerOutput(*(x.float() for x in out))
-
-                    compile_s = 0.0
-                    if compiled:  # the first call compiles
-                        started = time.perf_counter()
-                        with torch.no_grad():
-                            net(frac, lattice, t)
-                        synchronize(device)
-                        compile_s = time.perf_counter() - started
-
-                    if device.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats()
-                    with torch.no_grad():
-                        forward_s = timed(lambda: net(frac, lattice, t), device, 5)  # noqa: B023
-                        out = net(frac, lattice, t).coord
-                        sample_s = timed(
-                            lambda graph=graph: sample(
-                                net, model.schedule, mask, args.steps,  # noqa: B023
-                                SamplerSettings(), graph=graph,
-                            ),
-                            device, 1,
-                        )  # fmt: skip
-                    if reference is None:
-                        reference = out
-                    agreement = float((out - reference).norm() / reference.norm())
-                    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0
-                    rows.append(
-                        dict(
-                            implementation=name, preset=preset, params_m=round(params, 1),
-                            atoms=n, batch=b, evals_per_structure=2000,
-                            structures_per_s_1000_steps=b / sample_s * args.steps / 1000,
-                            forward_structures_per_s=b / forward_s, peak_gib=peak,
-                            compile_s=round(compile_s, 1),
-                            rel_diff_vs_first=agreement, device=torch.cuda.get_device_name()
-                            if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
+                    try:  # one failing implementation must not lose the other rows
+                        os.environ["DAO_FUSED_ATTENTION"] = "1" if fused else "0"
+                        forward = (
+                            model.net if factorised else partial(materialised_forward, model.net)
                         )
-                    )  # fmt: skip
-                    print(json.dumps(rows[-1]), flush=True)
+                        if compiled:
+                            forward = torch.compile(forward, dynamic=False, fullgraph=True)
+
+                        def net(f, lat, tt, forward=forward):  # type: ignore[no-untyped-def]
+                            with amp:
+                                out = forward(types, f, lat, mask, tt)  # noqa: B023
+                            return CrysformerOutput(*(x.float() for x in out))
+
+                        compile_s = 0.0
+                        if compiled:  # the first call compiles
+                            started = time.perf_counter()
+                            with torch.no_grad():
+                                net(frac, lattice, t)
+                            synchronize(device)
+                            compile_s = time.perf_counter() - started
+
+                        if device.type == "cuda":
+                            torch.cuda.reset_peak_memory_stats()
+                        with torch.no_grad():
+                            forward_s = timed(lambda: net(frac, lattice, t), device, 5)  # noqa: B023
+                            out = net(frac, lattice, t).coord
+                            sample_s = timed(
+                                lambda graph=graph: sample(
+                                    net, model.schedule, mask, args.steps,  # noqa: B023
+                                    SamplerSettings(), graph=graph,
+                                ),
+                                device, 1,
+                            )  # fmt: skip
+                        if reference is None:
+                            reference = out
+                        agreement = float((out - reference).norm() / reference.norm())
+                        peak = (
+                            torch.cuda.max_memory_allocated() / 2**30
+                            if device.type == "cuda"
+                            else 0
+                        )
+                        rows.append(
+                            dict(
+                                implementation=name, preset=preset, params_m=round(params, 1),
+                                atoms=n, batch=b, evals_per_structure=2000,
+                                structures_per_s_1000_steps=b / sample_s * args.steps / 1000,
+                                forward_structures_per_s=b / forward_s, peak_gib=peak,
+                                compile_s=round(compile_s, 1),
+                                rel_diff_vs_first=agreement, device=torch.cuda.get_device_name()
+                                if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
+                            )
+                        )  # fmt: skip
+                        print(json.dumps(rows[-1]), flush=True)
+                    except Exception as exc:  # noqa: BLE001
+                        print(
+                            f"{name}, {preset}, {n} atoms, batch {b}: failed: {exc!r}", flush=True
+                        )
     table = Table(
         "implementation", "preset", "atoms", "batch", "evals/struct", "1000-step struct/s",
         "forward struct/s", "peak GiB", "compile s", "rel. diff", "device",

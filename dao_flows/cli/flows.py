@@ -143,6 +143,15 @@ def flow_options(command):  # type: ignore[no-untyped-def]
     return wrapper
 
 
+def flow_command(command):  # type: ignore[no-untyped-def]
+    """A command that runs or submits the CSP flow: the shared options, and input and store
+    errors ending it with a message."""
+    return app.command()(input_errors_exit(store_errors_exit(flow_options(command))))
+
+
+Formula = Annotated[str, typer.Argument(help="composition, e.g. CsV3Sb5")]
+
+
 def _print_result(result: Any, top: int | None, dft_rows: list[dict[str, Any]] | None) -> None:
     """Ranking table, failed candidates and the DFT check: what `csp` and `query` print."""
     from dao_flows.report import dft_table, result_table
@@ -168,12 +177,9 @@ def defaults() -> None:
     console.print(table)
 
 
-@app.command()
-@input_errors_exit
-@store_errors_exit
-@flow_options
+@flow_command
 def csp(
-    formula: Annotated[str, typer.Argument(help="composition, e.g. CsV3Sb5")],
+    formula: Formula,
     options: dict[str, Any],
     out: Annotated[Path | None, typer.Option(help="folder for CIFs, figures, summary")] = None,
     top: Annotated[int | None, typer.Option(help="rows to print / CIFs to write")] = None,
@@ -260,12 +266,9 @@ def _run_with_progress(flow: Any, store: Any, formula: str) -> tuple[Any, list[s
     return result, failures
 
 
-@app.command()
-@input_errors_exit
-@store_errors_exit
-@flow_options
+@flow_command
 def submit(
-    formula: Annotated[str, typer.Argument(help="composition, e.g. CsV3Sb5")],
+    formula: Formula,
     options: dict[str, Any],
     launchpad: Annotated[
         Path | None, typer.Option(help="my_launchpad.yaml (MongoDB); default: embedded LaunchPad")
