@@ -10,8 +10,10 @@ in :class:`CHGNetTorchSimModel`; torch-sim 0.3.0 ships no CHGNet interface of it
 Units: torch-sim works in eV, Å and eV/Å^3 with ASE's stress sign (virial = -V * stress);
 CHGNet returns energy per atom (eV/atom) and stress in GPa, converted with ``ase.units.GPa``.
 
-Not wired into any Maker yet: :func:`torchsim_relax` is a drop-in candidate for
-:func:`dao_flows.batched_fire.batched_fire_relax` (see ``benchmarks/torchsim_vs_ase.py``).
+:func:`torchsim_relax` is a drop-in for :func:`dao_flows.batched_fire.batched_fire_relax`
+(same results type), chosen by ``BatchedRelaxMaker(optimizer="torch-sim")``; the hand-written
+FIRE stays the default because it lands closer to atomate2's route and runs faster on the CPU
+(docs/performance.md, ``benchmarks/torchsim_vs_ase.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -29,20 +30,9 @@ from pymatgen.core import Lattice, Structure
 from torch_sim.models.interface import ModelInterface
 
 from dao_core.data import right_handed_structure
+from dao_flows.batched_fire import BatchRelaxResult
 
 CellFilter = Literal["frechet", "unit"]
-
-
-@dataclass
-class TorchSimRelaxResult:
-    """Outcome of relaxing one structure in :func:`torchsim_relax`."""
-
-    structure: Structure | None
-    energy_per_atom: float | None  # eV/atom
-    converged: bool
-    n_steps: int
-    max_force: float | None  # eV/Å, max atomic force norm at the end
-    error: str | None = None
 
 
 def load_chgnet_model(device: str | None = None, on_isolated_atoms: str = "error") -> Any:
@@ -201,7 +191,7 @@ def torchsim_relax(
     model: Any = None,
     cell_filter: CellFilter = "frechet",
     max_memory_scaler: float | None = None,
-) -> tuple[list[TorchSimRelaxResult], dict[str, Any]]:
+) -> tuple[list[BatchRelaxResult], dict[str, Any]]:
     """Relax ``structures`` together with torch-sim's FIRE on CHGNet (positions, and the cell
     through a Fréchet or unit cell filter when ``relax_cell``).
 
@@ -213,7 +203,7 @@ def torchsim_relax(
     (``n_atoms_x_density`` units); unset, everything is one batch on the CPU and torch-sim
     estimates the cap on a GPU.
 
-    Returns one :class:`TorchSimRelaxResult` per input (same order) and run statistics.
+    Returns one :class:`BatchRelaxResult` per input (same order) and run statistics.
     """
     import torch_sim as ts
     from torch_sim.autobatching import InFlightAutoBatcher
@@ -226,20 +216,20 @@ def torchsim_relax(
     calls0, graphs0 = adapter.calls, adapter.graphs_evaluated
     # CHGNet's stress changes sign with the cell's handedness: relax right-handed cells only.
     structures = [right_handed_structure(s) for s in structures]
-    results: list[TorchSimRelaxResult | None] = [None] * len(structures)
+    results: list[BatchRelaxResult | None] = [None] * len(structures)
 
     # Screen each structure alone first, so one bad input cannot fail the batched init.
     good: list[int] = []
     for i, s in enumerate(structures):
         if not (np.isfinite(s.lattice.matrix).all() and np.isfinite(s.cart_coords).all()):
-            results[i] = TorchSimRelaxResult(None, None, False, 0, None, "non-finite input")
+            results[i] = BatchRelaxResult(None, None, False, 0, None, "non-finite input")
             continue
         try:
             adapter.graph(s)
             good.append(i)
         except Exception as exc:  # noqa: BLE001
             reason = f"CHGNet graph: {type(exc).__name__}: {exc}"
-            results[i] = TorchSimRelaxResult(None, None, False, 0, None, reason)
+            results[i] = BatchRelaxResult(None, None, False, 0, None, reason)
 
     converge = ts.generate_force_convergence_fn(fmax, include_cell_forces=relax_cell)
     init_fn, update_fn = _optimizer(adapter, relax_cell, cell_filter)
@@ -293,9 +283,9 @@ def torchsim_relax(
             n_at = len(structures[i])
             if j in errors or not np.isfinite(energies[j]):
                 reason = errors.get(j, "non-finite energy")
-                results[i] = TorchSimRelaxResult(None, None, False, n_steps[j], None, reason)
+                results[i] = BatchRelaxResult(None, None, False, n_steps[j], None, reason)
                 continue
-            results[i] = TorchSimRelaxResult(
+            results[i] = BatchRelaxResult(
                 relaxed[j], energies[j] / n_at, bool(conv[j]), n_steps[j], fmax_now[j]
             )
 
