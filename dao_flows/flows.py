@@ -212,6 +212,9 @@ class DAOCSPMaker(Maker):
             relaxations = outputs
             settings = _relax_settings(relax_maker)
 
+        refining = self.refine_maker.top > 0
+        verify = dict(verify_top=self.verify_top,
+                      dft_maker=dft_maker if self.verify_top > 0 else None)  # fmt: skip
         rank = self.ranking_maker.make(
             gen.output,
             relaxations,
@@ -219,13 +222,12 @@ class DAOCSPMaker(Maker):
             relax_mode=self.relax_mode,
             relax_jobs=relax_jobs,
             relax_settings=settings,
-            verify_top=self.verify_top,
-            dft_maker=dft_maker if self.verify_top > 0 else None,
+            **({} if refining else verify),
         )
         jobs.append(rank)  # ranking_job: failed relaxations reach it as None
         output = rank.output
-        if self.refine_maker.top > 0:
-            refine = self.refine_maker.make(rank.output)
+        if refining:  # DFT checks the final order, so the re-ranking job adds them
+            refine = self.refine_maker.make(rank.output, **verify)
             jobs.append(refine)
             output = refine.output
         flow = Flow(jobs, output=output, name=f"{self.name} {formula}", uuid=run_uuid)

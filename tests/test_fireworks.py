@@ -38,7 +38,7 @@ def test_embedded_launchpad_rapidfire_survives_a_fizzled_relaxation(dao_env, tmp
 
     info = submit_flow(flow)
     lp = info["launchpad"]
-    assert info["n_fireworks"] == 1 + 4 + 1
+    assert info["n_fireworks"] == 1 + 4 + 1 + 1  # generation, relaxations, ranking, re-ranking
     lp_file = store_dir() / "launchpad.json"
     assert Path(info["embedded_file"]) == embedded_launchpad_file() == lp_file
     launch(lp, launch_dir=tmp_path / "launches")
@@ -94,7 +94,7 @@ def test_dao_submit_then_rlaunch_executables(dao_env, tmp_path):
 
     lp = embedded_launchpad()  # reads the file rlaunch wrote back
     ids = lp.get_fw_ids()
-    assert len(ids) == 3
+    assert len(ids) == 4  # generation, batched relaxation, ranking, re-ranking
     assert set(workflow_states(lp, ids).values()) == {"COMPLETED"}
     runs = list_runs("NaCl")
     assert len(runs) == 1 and runs[0]["relax_mode"] == "batched"

@@ -43,8 +43,17 @@ class EchoDFTMaker(Maker):
         return {"nsites": len(structure), "formula": structure.composition.reduced_formula}
 
 
+# CHGNet's ranking alone (refine_top=0); the re-ranking has its own test below.
 SMALL = dict(
-    n=2, n_random=3, n_template=0, steps=20, formula_units=2, seed=11, relax_steps=25, fmax=0.1
+    n=2,
+    n_random=3,
+    n_template=0,
+    steps=20,
+    formula_units=2,
+    seed=11,
+    relax_steps=25,
+    fmax=0.1,
+    refine_top=0,
 )
 
 
@@ -434,20 +443,26 @@ def test_verify_top_defaults_to_quantum_espresso(dao_env):
     from dao_flows.qe import PWMaker
 
     flow = dao_csp_flow("NaCl", n=1, verify_top=2)
-    rank = flow.jobs[-1]
-    assert isinstance(rank.function_kwargs["dft_maker"], PWMaker)
-    assert rank.function_kwargs["verify_top"] == 2
+    last = flow.jobs[-1]  # the re-ranking job: DFT checks the final order
+    assert last.name == "dao refine"
+    assert isinstance(last.function_kwargs["dft_maker"], PWMaker)
+    assert last.function_kwargs["verify_top"] == 2
+    assert "dft_maker" not in flow.jobs[-2].function_kwargs  # not the ranking's order
+    unrefined = dao_csp_flow("NaCl", n=1, verify_top=2, refine_top=0).jobs[-1]
+    assert unrefined.name == "dao rank" and unrefined.function_kwargs["verify_top"] == 2
     assert dao_csp_flow("NaCl", n=1).jobs[-1].function_kwargs["dft_maker"] is None
     with pytest.raises(DAOInputError, match="verify_top"):
         dao_csp_flow("NaCl", n=1, verify_top=-1)
 
 
 def test_unguided_flow_skips_dao_p(dao_env):
+    def ranking(flow):  # type: ignore[no-untyped-def]
+        return next(j for j in flow.jobs if j.name == "dao rank")
+
     flow = dao_csp_flow("NaCl", n=1, guidance=None)
-    gen, rank = flow.jobs[0], flow.jobs[-1]
-    assert gen.maker.guidance is None and rank.maker.score_model is None
+    assert flow.jobs[0].maker.guidance is None and ranking(flow).maker.score_model is None
     guided = dao_csp_flow("NaCl", n=1)
-    assert guided.jobs[-1].maker.score_model == dao_env["DAO_P_MODEL"]
+    assert ranking(guided).maker.score_model == dao_env["DAO_P_MODEL"]
     with pytest.raises(DAOInputError, match="neither a checkpoint"):
         dao_csp_flow("NaCl", n=1, model="no-such-model")  # checked before any job exists
 
@@ -609,3 +624,24 @@ def test_refine_reranks_the_best_with_sevennet(dao_env, tmp_path):
     from dao_flows.report import result_table
 
     assert "7net-l3i5" in result_table(result).caption  # the table says what ordered it
+
+    # A polymorph the potential cannot relax stays, below the refined ones, with its reason;
+    # a potential that cannot be loaded leaves the ranking unchanged.
+    from dao_flows.refine import RefineMaker
+    from dao_flows.testing import nan_structure
+
+    first, *rest = result.polymorphs
+    broken = result.model_copy(
+        update={"polymorphs": [first.model_copy(update={"structure": nan_structure()}), *rest]}
+    )
+    again = RefineMaker(top=3).rerank(broken)
+    last_refined = again.polymorphs[min(3, len(again.polymorphs)) - 1]
+    assert (
+        last_refined.candidate_id == first.candidate_id
+        and last_refined.refined_energy_per_atom is None
+    )
+    assert first.candidate_id in again.provenance["refined_by"]["errors"]
+    assert [p.rank for p in again.polymorphs] == list(range(1, len(again.polymorphs) + 1))
+    unknown = RefineMaker(top=3, force_field_name="NoSuchPotential").rerank(result)
+    assert unknown.polymorphs == result.polymorphs
+    assert "error" in unknown.provenance["refined_by"]

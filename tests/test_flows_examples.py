@@ -64,7 +64,7 @@ def test_fireworks_submit_example(run_example, tmp_path):
         "--launch-dir",
         str(tmp_path / "launches"),
     )
-    assert "submitted 3 fireworks" in out and "COMPLETED" in out
+    assert "submitted 4 fireworks" in out and "COMPLETED" in out  # ... ranking, re-ranking
     assert "best" in out and list_runs("NaCl")[0]["relax_mode"] == "batched"
 
 

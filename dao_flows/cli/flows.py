@@ -107,7 +107,7 @@ ForceField = Annotated[
 ]
 VerifyTop = Annotated[int | None, typer.Option(help="DFT-verify the K best (Quantum ESPRESSO)")]
 RefineTop = Annotated[
-    int | None, typer.Option(help="re-rank the K best with SevenNet-l3i5 (needs sevenn)")
+    int | None, typer.Option(help="re-rank the K best with SevenNet-l3i5 (0: off)")
 ]
 Device = Annotated[str | None, typer.Option(help="cpu | cuda (default: GPU if present)")]
 Model = Annotated[str | None, typer.Option(help="DAO-G checkpoint (name or path)")]
