@@ -10,7 +10,9 @@ frequencies at a time, so those products never leave on-chip memory. Same parame
 result as `CrysformerLayer`'s PyTorch path (tested in Triton's interpreter on the CPU).
 
 No autograd: the layer uses it only when no gradient is needed (sampling without guidance),
-on CUDA tensors, when `DAO_FUSED_ATTENTION=1` (or `TRITON_INTERPRET=1` for tests).
+on CUDA tensors (or in Triton's CPU interpreter, `TRITON_INTERPRET=1`, for tests), for cells of
+up to 32 sites; the default since its H100 timing (docs/performance.md), `DAO_FUSED_ATTENTION=0`
+turns it off.
 """
 
 from __future__ import annotations
@@ -22,12 +24,17 @@ import torch
 import triton
 import triton.language as tl
 
+# Crystals of up to 32 sites: the tiles measured free of register spills on sm_90 (larger
+# cells take the PyTorch path).
+MAX_ATOMS = 32
+
 
 def enabled(x: torch.Tensor) -> bool:
-    """Whether the layer should use the kernel for this call."""
-    if os.environ.get("DAO_FUSED_ATTENTION", "0") != "1" or torch.is_grad_enabled():
+    """Whether the layer should use the kernel for this call: hidden states ``x`` (B, N, H)
+    on a GPU, no gradient, N <= MAX_ATOMS, unless ``DAO_FUSED_ATTENTION=0``."""
+    if os.environ.get("DAO_FUSED_ATTENTION", "1") == "0" or torch.is_grad_enabled():
         return False
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or x.shape[-2] > MAX_ATOMS:
         return False
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
