@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from jobflow import Maker, Response
 
+from dao_flows.generation import check_structure
 from dao_flows.jobs import ranking_job
 from dao_flows.schemas import CSPResultDoc
 
@@ -137,7 +138,10 @@ class RefineMaker(Maker):
         if not np.isfinite(structure.cart_coords).all():  # a potential may just skip such atoms
             return None, "non-finite coordinates"
         try:
-            _, energy = relax_structure(structure, calc, self.fmax, self.steps)
+            relaxed, energy = relax_structure(structure, calc, self.fmax, self.steps)
         except Exception as exc:  # noqa: BLE001 - one polymorph must not stop the others
             return None, f"{type(exc).__name__}: {exc}"
-        return (energy, None) if math.isfinite(energy) else (None, "non-finite energy")
+        if not math.isfinite(energy):
+            return None, "non-finite energy"
+        issue = check_structure(relaxed)[0]  # a collapsed or exploded cell is no ranking
+        return (None, f"relaxed cell: {issue}") if issue else (energy, None)
