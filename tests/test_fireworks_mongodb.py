@@ -14,8 +14,9 @@ import test_mongodb as wire
 from monty.serialization import dumpfn
 
 BIN = Path(sys.executable).parent
+# Re-ranking off: this test is about the wire server (the re-ranking job: test_fireworks).
 SMALL = "--relax per-candidate --n 1 --n-random 2 --n-template 1 --steps 20 --formula-units 2 \
---relax-steps 20 --fmax 0.1 --seed 3 --device cpu".split()
+--relax-steps 20 --fmax 0.1 --seed 3 --device cpu --refine-top 0".split()
 
 
 @pytest.mark.skipif(

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".jfremote-venv" / "bin"
 JF = VENV / "jf"
 SMALL = "--relax per-candidate --n 1 --n-random 1 --n-template 1 --steps 20 --formula-units 2 \
---relax-steps 20 --fmax 0.1 --seed 3 --device cpu".split()
+--relax-steps 20 --fmax 0.1 --seed 3 --device cpu --refine-top 0".split()
 N_JOBS = 1 + 3 + 1  # generation, one relaxation per candidate, ranking
 
 

@@ -22,8 +22,10 @@ needs_uri = pytest.mark.skipif(
     not URI, reason="DAO_TEST_MONGODB_URI not set (scripts/mongo_test_server.sh starts a server)"
 )
 
+# Re-ranking off: these tests are about the store (the re-ranking job: test_flows).
 SMALL = ["--n", "1", "--n-random", "2", "--n-template", "1", "--steps", "20",
-         "--formula-units", "2", "--relax-steps", "20", "--fmax", "0.1", "--seed", "5"]  # fmt: skip
+         "--formula-units", "2", "--relax-steps", "20", "--fmax", "0.1", "--seed", "5",
+         "--refine-top", "0"]  # fmt: skip
 
 
 def use_jobflow_config(path: Path, uri: str, database: str, monkeypatch) -> None:

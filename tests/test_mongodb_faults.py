@@ -20,9 +20,10 @@ import test_mongodb as wire
 
 # One job per candidate (1 + 6 + 1 jobs, a relaxation every few seconds here): a kill or a
 # server stop lands between job documents, not after the last one.
+# Re-ranking off: these tests are about the store (the re-ranking job: test_flows).
 PER_CANDIDATE = ["--relax", "per-candidate", "--n", "1", "--n-random", "4", "--n-template", "1",
                  "--steps", "20", "--formula-units", "2", "--relax-steps", "100",
-                 "--fmax", "0.01", "--seed", "5"]  # fmt: skip
+                 "--fmax", "0.01", "--seed", "5", "--refine-top", "0"]  # fmt: skip
 N_JOBS = 1 + 6 + 1
 RELAXED = {"name": {"$regex": "^CHGNet relax"}, "output": {"$ne": None}}
 
