@@ -49,6 +49,7 @@ def add_option_arguments(parser: argparse.ArgumentParser, relax: str | None = No
     parser.add_argument("--relax", choices=["per-candidate", "batched"], default=relax)
     parser.add_argument("--relax-steps", type=int)
     parser.add_argument("--fmax", type=float)
+    parser.add_argument("--refine-top", type=int, help="re-rank the K best with SevenNet (0: off)")
 
 
 def given_options(args: argparse.Namespace) -> dict[str, Any]:
