@@ -34,6 +34,7 @@ from dao_flows.schemas import (
     RelaxedCandidate,
     package_versions,
 )
+from dao_flows.verification import with_verification
 
 logger = logging.getLogger(__name__)
 
@@ -339,13 +340,7 @@ class RankingMaker(Maker):
         )
         if score_error:
             doc.provenance["ranking"]["score_error"] = score_error
-        addition = None
-        if verify_top > 0 and dft_maker is not None and polymorphs:
-            from dao_flows.verification import verification_flow
-
-            addition = verification_flow(polymorphs[:verify_top], dft_maker, generation.formula)
-            doc.verify_jobs = [j.uuid for j in addition.jobs]
-        return Response(output=doc, addition=addition)
+        return with_verification(doc, verify_top, dft_maker)
 
     def scores(self, structures: list[Structure]) -> tuple[list[float | None], str | None]:
         """DAO-P scores of the relaxed structures (informative: a failure is recorded)."""

@@ -16,12 +16,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from jobflow import Maker, Response
 
 from dao_flows.generation import check_structure
 from dao_flows.jobs import ranking_job
 from dao_flows.schemas import CSPResultDoc
+from dao_flows.verification import with_verification
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +78,7 @@ class RefineMaker(Maker):
             result = CSPResultDoc.model_validate(result)
         if self.top > 0 and result.polymorphs:
             result = self.rerank(result)
-        addition = None
-        if verify_top > 0 and dft_maker is not None and result.polymorphs:
-            from dao_flows.verification import verification_flow
-
-            addition = verification_flow(result.polymorphs[:verify_top], dft_maker, result.formula)
-            result.verify_jobs = [j.uuid for j in addition.jobs]
-        return Response(output=result, addition=addition)
+        return with_verification(result, verify_top, dft_maker)
 
     def rerank(self, result: CSPResultDoc) -> CSPResultDoc:
         """Relax the top polymorphs again and order them by the new energy. A polymorph the
@@ -135,8 +129,9 @@ class RefineMaker(Maker):
 
     def _energy(self, structure: Structure, calc: Calculator) -> tuple[float | None, str | None]:
         """(energy per atom after relaxation, None), or (None, why not)."""
-        if not np.isfinite(structure.cart_coords).all():  # a potential may just skip such atoms
-            return None, "non-finite coordinates"
+        issue = check_structure(structure)[0]  # e.g. NaN sites, which a potential may skip
+        if issue:
+            return None, issue
         try:
             relaxed, energy = relax_structure(structure, calc, self.fmax, self.steps)
         except Exception as exc:  # noqa: BLE001 - one polymorph must not stop the others

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from jobflow import Flow, Maker
+from jobflow import Flow, Maker, Response
 from pymatgen.core import Structure
 
-from dao_flows.schemas import RankedPolymorph
+from dao_flows.schemas import CSPResultDoc, RankedPolymorph
 
 
 def verification_flow(
@@ -30,3 +30,13 @@ def verification_flow(
         jobs.append(dft)
     name = f"dao verify top-{len(jobs)} {label}".strip()
     return Flow(jobs, output=[j.output for j in jobs], name=name)
+
+
+def with_verification(doc: CSPResultDoc, verify_top: int, dft_maker: Maker | None) -> Response:
+    """The job response for a ranking: ``doc``, and with ``verify_top`` > 0 a DFT check of its
+    best polymorphs added to the flow (their job ids recorded in ``doc.verify_jobs``)."""
+    if verify_top <= 0 or dft_maker is None or not doc.polymorphs:
+        return Response(output=doc)
+    addition = verification_flow(doc.polymorphs[:verify_top], dft_maker, doc.formula)
+    doc.verify_jobs = [j.uuid for j in addition.jobs]
+    return Response(output=doc, addition=addition)
