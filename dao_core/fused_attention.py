@@ -4,10 +4,12 @@
 (`PairGeometry`), but as separate PyTorch operations the per-head wave products
 (B x N x heads x 6K values, 12x the hidden state for the `base` preset) make several passes
 through GPU memory; after `torch.compile` they are most of a sampling step. Here one program
-per (crystal, head) projects the query onto the wave basis, rotates it by the receiver's
-phases, forms the logits, the softmax and the messages, and projects back, a chunk of
-frequencies at a time, so those products never leave on-chip memory. Same parameters, same
-result as `CrysformerLayer`'s PyTorch path (tested in Triton's interpreter on the CPU).
+per head and group of crystals projects the query onto the wave basis, rotates it by the
+receiver's phases, forms the logits, the softmax and the messages, and projects back, a chunk
+of frequencies at a time, so those products never leave on-chip memory. Small cells share a
+program (32 // N crystals stacked in one tile), so the head's weights are read once for all of
+them. Same parameters, same result as `CrysformerLayer`'s PyTorch path (tested in Triton's
+interpreter on the CPU).
 
 No autograd: the layer uses it only when no gradient is needed (sampling without guidance),
 on CUDA tensors (or in Triton's CPU interpreter, `TRITON_INTERPRET=1`, for tests), for cells of
@@ -27,6 +29,8 @@ import triton.language as tl
 # Crystals of up to 32 sites: the tiles measured free of register spills on sm_90 (larger
 # cells take the PyTorch path).
 MAX_ATOMS = 32
+# Rows of a stacked tile (0: one crystal per program, as first timed; benchmarks compare both).
+STACK_ROWS = 32
 
 
 def enabled(x: torch.Tensor) -> bool:
@@ -40,13 +44,13 @@ def enabled(x: torch.Tensor) -> bool:
 
 
 @triton.jit
-def _chunk(w_head, waves, d, i, c, d_ok, row_ok, start, K3: tl.constexpr, dtype: tl.constexpr):
+def _chunk(w_head, waves, d, rows, c, d_ok, row_ok, start, K3: tl.constexpr, dtype: tl.constexpr):
     """One chunk of (c, k) frequencies: the head's wave projection columns (D, CHUNK) for the
-    sin and cos halves, and the atoms' sin and cos waves (N, CHUNK)."""
+    sin and cos halves, and the tile's sin and cos waves (rows, CHUNK)."""
     w_at = w_head + d[:, None] * 2 * K3 + start + c[None, :]
     w_sin = tl.load(w_at, mask=d_ok[:, None], other=0.0).to(dtype)
     w_cos = tl.load(w_at + K3, mask=d_ok[:, None], other=0.0).to(dtype)
-    wave_at = waves + i[:, None] * 2 * K3 + start + c[None, :]
+    wave_at = waves + rows[:, None] * 2 * K3 + start + c[None, :]
     sin = tl.load(wave_at, mask=row_ok[:, None], other=0.0)
     cos = tl.load(wave_at + K3, mask=row_ok[:, None], other=0.0)
     return w_sin, w_cos, sin, cos
@@ -56,29 +60,35 @@ def _chunk(w_head, waves, d, i, c, d_ok, row_ok, start, K3: tl.constexpr, dtype:
 def _attention_kernel(
     q_ptr, k_ptr, v_ptr, stride_b, stride_n, stride_h,
     w_ptr, waves_ptr, mean_ptr, inv_std_ptr, gram_ptr, centre_ptr, shift_ptr, mask_ptr,
-    out_ptr, n_atoms, heads, scale,
+    out_ptr, n_atoms, n_sites, group, heads, scale,
     D: tl.constexpr, K3: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     CHUNK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0) // heads
+    # One program: head h of `group` consecutive crystals, their atoms stacked in one tile of
+    # BLOCK_N rows (a row is a site: crystal b, atom a); attention stays within a crystal.
     h = tl.program_id(0) % heads
-    i = tl.arange(0, BLOCK_N)
+    r = tl.arange(0, BLOCK_N)
+    site = tl.program_id(0) // heads * group * n_atoms + r  # = b * n_atoms + a
+    row_ok = (r < group * n_atoms) & (site < n_sites)
+    site = tl.where(row_ok, site, 0)
+    b = site // n_atoms
+    a = site % n_atoms
     d = tl.arange(0, BLOCK_D)
     c = tl.arange(0, CHUNK)
-    row_ok = i < n_atoms
     d_ok = d < D
     atom_tile = row_ok[:, None] & d_ok[None, :]
-    qkv = b * stride_b + i[:, None] * stride_n + h * stride_h + d[None, :]
+    qkv = (b * stride_b + a * stride_n + h * stride_h)[:, None] + d[None, :]
     q = tl.load(q_ptr + qkv, mask=atom_tile, other=0.0)
     dtype = q.dtype
     w_head = w_ptr + h * D * 2 * K3  # w_wave[h]: (D, [sin (c,k) | cos (c,k)])
-    waves = waves_ptr + b * n_atoms * 2 * K3  # waves[b]: (N, [sin | cos])
 
     # Logits: the query projected on the wave basis and rotated by -a_i, dotted with the
     # senders' waves, one chunk of (c, k) frequencies at a time.
     wave_logit = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
     for start in range(0, K3, CHUNK):
-        w_sin, w_cos, sin, cos = _chunk(w_head, waves, d, i, c, d_ok, row_ok, start, K3, dtype)
+        w_sin, w_cos, sin, cos = _chunk(
+            w_head, waves_ptr, d, site, c, d_ok, row_ok, start, K3, dtype
+        )
         q_sin = tl.dot(q, w_sin, input_precision=PRECISION)
         q_cos = tl.dot(q, w_cos, input_precision=PRECISION)
         sin32, cos32 = sin.to(tl.float32), cos.to(tl.float32)
@@ -87,23 +97,24 @@ def _attention_kernel(
         wave_logit += tl.dot(rot_sin, tl.trans(sin), input_precision=PRECISION)
         wave_logit += tl.dot(rot_cos, tl.trans(cos), input_precision=PRECISION)
 
-    vec = b * heads * D + h * D + d
-    gram = tl.load(gram_ptr + vec, mask=d_ok, other=0.0)
+    vec = (b * heads * D + h * D)[:, None] + d[None, :]
+    gram = tl.load(gram_ptr + vec, mask=atom_tile, other=0.0)  # each row its crystal's
     centre = tl.load(centre_ptr + h * D + d, mask=d_ok, other=0.0)
     shift = tl.load(shift_ptr + h * D + d, mask=d_ok, other=0.0)
     q32 = q.to(tl.float32)
-    q_gram = tl.sum(q32 * gram[None, :], axis=1)
+    q_gram = tl.sum(q32 * gram, axis=1)
     q_centre = tl.sum(q32 * centre[None, :], axis=1)
-    pair = b * n_atoms * n_atoms + i[:, None] * n_atoms + i[None, :]
-    pair_ok = row_ok[:, None] & row_ok[None, :]
-    mean = tl.load(mean_ptr + pair, mask=pair_ok, other=0.0)
-    inv_std = tl.load(inv_std_ptr + pair, mask=pair_ok, other=0.0)
+    same = (b[:, None] == b[None, :]) & row_ok[:, None] & row_ok[None, :]
+    pair = (b * n_atoms * n_atoms + a * n_atoms)[:, None] + a[None, :]
+    mean = tl.load(mean_ptr + pair, mask=same, other=0.0)
+    inv_std = tl.load(inv_std_ptr + pair, mask=same, other=0.0)
     k = tl.load(k_ptr + qkv, mask=atom_tile, other=0.0)
     logits = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     logits += inv_std * (q_gram[:, None] + wave_logit - mean * q_centre[:, None])
-    # Padded senders are masked; every receiver keeps itself (no empty row, no NaN).
-    sender = tl.load(mask_ptr + b * n_atoms + i, mask=row_ok, other=0) != 0
-    allowed = (sender & row_ok)[None, :] | (i[:, None] == i[None, :])
+    # Padded senders and other crystals are masked; every receiver keeps itself (no empty
+    # row, no NaN).
+    sender = tl.load(mask_ptr + site, mask=row_ok, other=0) != 0
+    allowed = (same & sender[None, :]) | (r[:, None] == r[None, :])
     logits = tl.where(allowed, logits * scale, float("-inf"))
     p = tl.exp(logits - tl.max(logits, axis=1)[:, None])
     attn = p / tl.sum(p, axis=1)[:, None]
@@ -112,11 +123,13 @@ def _attention_kernel(
     scaled = attn * inv_std
     v = tl.load(v_ptr + qkv, mask=atom_tile, other=0.0)
     msg = tl.dot(attn.to(dtype), v, input_precision=PRECISION)
-    msg += tl.sum(scaled, axis=1)[:, None] * gram[None, :]
+    msg += tl.sum(scaled, axis=1)[:, None] * gram
     msg += shift[None, :] - tl.sum(scaled * mean, axis=1)[:, None] * centre[None, :]
     scaled = scaled.to(dtype)
     for start in range(0, K3, CHUNK):
-        w_sin, w_cos, sin, cos = _chunk(w_head, waves, d, i, c, d_ok, row_ok, start, K3, dtype)
+        w_sin, w_cos, sin, cos = _chunk(
+            w_head, waves_ptr, d, site, c, d_ok, row_ok, start, K3, dtype
+        )
         sum_sin = tl.dot(scaled, sin, input_precision=PRECISION)
         sum_cos = tl.dot(scaled, cos, input_precision=PRECISION)
         sin32, cos32 = sin.to(tl.float32), cos.to(tl.float32)
@@ -124,17 +137,22 @@ def _attention_kernel(
         msg_cos = (sum_cos * cos32 + sum_sin * sin32).to(dtype)
         msg += tl.dot(msg_sin, tl.trans(w_sin), input_precision=PRECISION)
         msg += tl.dot(msg_cos, tl.trans(w_cos), input_precision=PRECISION)
-    out = b * n_atoms * heads * D + i[:, None] * heads * D + h * D + d[None, :]
+    out = (site * heads * D + h * D)[:, None] + d[None, :]
     tl.store(out_ptr + out, msg.to(out_ptr.dtype.element_ty), mask=atom_tile)
 
 
 def tile_sizes(n: int, dim: int, k3: int) -> dict[str, int]:
-    """The kernel's compile-time sizes: tl.dot wants power-of-two tiles of at least 16; chunks
-    of 32 frequencies keep the base and paper presets free of register spills on sm_90 (64
-    spilled; ptxas -v)."""
+    """The kernel's compile-time sizes: tl.dot wants power-of-two tiles of at least 16 rows;
+    cells of up to STACK_ROWS / 2 sites are stacked into tiles of STACK_ROWS rows, so one
+    program serves several crystals and loads the head's wave projection once for all of them
+    (with one crystal per program, reloading it was most of a 5-atom step: H100 profile in
+    docs/performance.md). Chunks of 32 frequencies keep the base and paper presets free of
+    register spills on sm_90 (64 spilled; ptxas -v)."""
+    assert n <= MAX_ATOMS
+    rows = max(16, 1 << (n - 1).bit_length(), STACK_ROWS)
     return dict(
-        D=dim, K3=k3, BLOCK_N=max(16, 1 << (n - 1).bit_length()),
-        BLOCK_D=max(16, 1 << (dim - 1).bit_length()), CHUNK=32 if k3 % 32 == 0 else 16,
+        D=dim, K3=k3, BLOCK_N=rows, BLOCK_D=max(16, 1 << (dim - 1).bit_length()),
+        CHUNK=32 if k3 % 32 == 0 else 16,
     )  # fmt: skip
 
 
@@ -160,13 +178,15 @@ def attention_messages(
     assert q.stride() == k.stride() == v.stride() and q.stride(-1) == 1
     dtype = q.dtype
     out = torch.empty((b, n, heads, dim), dtype=dtype, device=q.device)
-    _attention_kernel[(b * heads,)](
+    sizes = tile_sizes(n, dim, k3)
+    group = sizes["BLOCK_N"] // n  # crystals per program
+    _attention_kernel[(triton.cdiv(b, group) * heads,)](
         q, k, v, q.stride(0), q.stride(1), q.stride(2),
         w_wave.to(dtype).contiguous(), waves.to(dtype).contiguous(),
         mean.float().contiguous(), inv_std.float().contiguous(),
         gram_vec.float().contiguous(), centre_vec.float().contiguous(),
         shift_vec.float().contiguous(), mask.to(torch.int8).contiguous(), out,
-        n, heads, 1 / math.sqrt(dim),
-        **tile_sizes(n, dim, k3), PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        n, b * n, group, heads, 1 / math.sqrt(dim),
+        **sizes, PRECISION="ieee" if dtype == torch.float32 else "tf32",
     )  # fmt: skip
     return out

@@ -11,11 +11,11 @@ from test_attention import random_crystals, randomise_norm, relative_error
 from dao_core import fused_attention
 from dao_core.model import Crysformer, CrysformerConfig
 
-preset, n = sys.argv[1], int(sys.argv[2])
+preset, n, b = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(0)
 net = Crysformer(CrysformerConfig.preset(preset)).eval()
 randomise_norm(net, 0)
-x = random_crystals(5, torch.float32, b=4, n=n)
+x = random_crystals(5, torch.float32, b=b, n=n)
 calls = mock.Mock(wraps=fused_attention.attention_messages)
 with torch.no_grad():
     with mock.patch.object(fused_attention, "enabled", return_value=False):

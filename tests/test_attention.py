@@ -71,17 +71,23 @@ def test_bundled_model_float32_matches_within_round_off(seed: int) -> None:
     assert torch.all(out.coord[3, 2:] == 0)  # padded atoms stay silent
 
 
-@pytest.mark.parametrize(("preset", "n"), [("tiny", 9), ("small", 5), ("base", 20)])
-def test_fused_kernel_equals_factorised(preset: str, n: int) -> None:
+@pytest.mark.parametrize(
+    ("preset", "n", "b"), [("tiny", 9, 4), ("small", 5, 13), ("base", 20, 4), ("tiny", 1, 5)]
+)
+def test_fused_kernel_equals_factorised(preset: str, n: int, b: int) -> None:
     """The one-kernel attention (dao_core.fused_attention), run by Triton's interpreter on the
     CPU, gives the PyTorch path's outputs in float32 on padded crystals: head dims that are
-    not powers of two and crystals of up to 20 atoms (a 32-row tile). A fresh interpreter,
-    because Triton reads TRITON_INTERPRET when triton.language is first imported."""
+    not powers of two, crystals of up to 20 atoms, and small cells stacked several to a tile
+    (13 five-atom crystals: tiles of 6, 6 and 1). A fresh interpreter, because Triton reads
+    TRITON_INTERPRET when triton.language is first imported."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "DAO_FUSED_ATTENTION": "1"}
     script = Path(__file__).with_name("fused_check.py")
     run = subprocess.run(
-        [sys.executable, str(script), preset, str(n)], env=env, capture_output=True, text=True
+        [sys.executable, str(script), preset, str(n), str(b)],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     errors = json.loads(run.stdout.splitlines()[-1])
@@ -102,7 +108,7 @@ def test_fused_kernel_compiles_for_hopper(preset: str, n: int) -> None:
     cfg = CrysformerConfig.preset(preset)
     sizes = tile_sizes(n, cfg.hidden // cfg.heads, 3 * cfg.fourier)
     names = _attention_kernel.arg_names
-    types = dict.fromkeys(names[:18], "i32")
+    types = dict.fromkeys(names, "i32")
     types.update(
         dict.fromkeys(["q_ptr", "k_ptr", "v_ptr", "w_ptr", "waves_ptr", "out_ptr"], "*bf16")
     )
