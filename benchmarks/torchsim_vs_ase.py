@@ -11,9 +11,14 @@ per-structure |ΔE| (meV/atom) of the two batched routes against the per-structu
 * ``torchsim``: :func:`dao_flows.torchsim_relax.torchsim_relax` (torch-sim FIRE + Fréchet cell
   filter + InFlightAutoBatcher).
 
+``--potential SevenNet`` runs the same comparison with SevenNet-l3i5 (atomate2's SevenNet
+calculator per structure; torch-sim's own ``SevenNetModel``, neighbour lists on the device,
+batched); batched_fire is CHGNet-only.
+
 Issue bar: energies within 1 meV/atom of the atomate2 route.
 
     OMP_NUM_THREADS=1 python benchmarks/torchsim_vs_ase.py --n 20 --threads 1 --json out.json
+    python benchmarks/torchsim_vs_ase.py --n 20 --source daog --route-a atomate2 --potential SevenNet
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+SEVENNET = "7net-l3i5"
 Route = dict[str, Any]  # {"wall_s", "results": [{"energy_per_atom", "converged", "steps"}]}
 
 
@@ -49,14 +55,23 @@ def make_candidates(formula: str, n: int, seed: int, source: str) -> list:
     return [s for s, _ in random_candidates(z, n, seed) if s is not None]
 
 
-def route_ase(structures: list, fmax: float, steps: int, device: str) -> Route:
-    """Per structure: ASE FIRE + FrechetCellFilter + CHGNetCalculator (atomate2's inner loop)."""
+def calculator(potential: str, device: str) -> Any:
+    """atomate2's ASE calculator for ``potential`` (SevenNet: the re-ranking's 7net-l3i5)."""
+    from atomate2.forcefields.utils import ase_calculator
+
+    if potential == "SevenNet":
+        return ase_calculator("SevenNet", model=SEVENNET, device=device)
+    return ase_calculator("CHGNet", use_device=device)
+
+
+def route_ase(structures: list, fmax: float, steps: int, device: str, potential: str) -> Route:
+    """Per structure: ASE FIRE + FrechetCellFilter + the potential's calculator (atomate2's
+    inner loop)."""
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
-    from chgnet.model.dynamics import CHGNetCalculator
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    calc = CHGNetCalculator(use_device=device)
+    calc = calculator(potential, device)
     t0 = time.perf_counter()
     out = []
     for s in structures:
@@ -72,13 +87,15 @@ def route_ase(structures: list, fmax: float, steps: int, device: str) -> Route:
     return {"wall_s": time.perf_counter() - t0, "results": out, "model_calls": None}
 
 
-def route_atomate2(structures: list, fmax: float, steps: int, device: str) -> Route:
+def route_atomate2(structures: list, fmax: float, steps: int, device: str, potential: str) -> Route:
     """Per structure: atomate2 ``default_relax_maker()`` jobs in one jobflow run_locally."""
     from jobflow import Flow, run_locally
 
     from dao_flows.relax import default_relax_maker
 
-    maker = default_relax_maker(fmax=fmax, steps=steps, device=device)
+    maker = default_relax_maker(potential, fmax=fmax, steps=steps, device=device)
+    if potential == "SevenNet":
+        maker.calculator_kwargs["model"] = SEVENNET
     jobs = [maker.make(s) for s in structures]
     t0 = time.perf_counter()
     responses = run_locally(Flow(jobs), log=False, ensure_success=False)
@@ -105,7 +122,9 @@ def summary(result: Any) -> dict[str, Any]:
             "steps": result.n_steps, "error": result.error}  # fmt: skip
 
 
-def route_batched_fire(structures: list, fmax: float, steps: int, device: str) -> Route:
+def route_batched_fire(
+    structures: list, fmax: float, steps: int, device: str, potential: str
+) -> Route:
     from dao_flows.batched_fire import batched_fire_relax, load_chgnet
 
     model = load_chgnet(device)
@@ -118,10 +137,12 @@ def route_batched_fire(structures: list, fmax: float, steps: int, device: str) -
     }
 
 
-def route_torchsim(structures: list, fmax: float, steps: int, device: str) -> Route:
-    from dao_flows.torchsim_relax import load_chgnet_model, torchsim_relax
+def route_torchsim(structures: list, fmax: float, steps: int, device: str, potential: str) -> Route:
+    from dao_flows.torchsim_relax import torchsim_model, torchsim_relax
 
-    model = load_chgnet_model(device)
+    model = torchsim_model(
+        potential, device, **({"model": SEVENNET} if potential == "SevenNet" else {})
+    )
     t0 = time.perf_counter()
     res, stats = torchsim_relax(structures, fmax=fmax, steps=steps, device=device, model=model)
     return {
@@ -160,6 +181,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--route-a", choices=["ase", "atomate2"], default="ase")
     ap.add_argument(
+        "--potential", choices=["CHGNet", "SevenNet"], default="CHGNet",
+        help=f"SevenNet: {SEVENNET}, through torch-sim's own model (no batched_fire route)",
+    )  # fmt: skip
+    ap.add_argument(
         "--skip-reference",
         action="store_true",
         help="time only the batched routes (the per-structure route is linear in --n)",
@@ -190,11 +215,14 @@ def main() -> None:
         "batched_fire": route_batched_fire,
         "torchsim": route_torchsim,
     }
+    if args.potential != "CHGNet":
+        del routes["batched_fire"]  # CHGNet only
     if args.skip_reference:
         del routes[next(iter(routes))]
+    p = args.potential
     for fn in routes.values():  # warm-up: imports, model load, first-call overheads
-        fn(structures[:1], args.fmax, 2, device)
-    runs = {name: fn(structures, args.fmax, args.steps, device) for name, fn in routes.items()}
+        fn(structures[:1], args.fmax, 2, device, p)
+    runs = {name: fn(structures, args.fmax, args.steps, device, p) for name, fn in routes.items()}
     ref_name = next(iter(runs))
     ref = runs[ref_name]
 
@@ -210,12 +238,14 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
         "n": len(structures),
         "formula": args.formula,
+        "potential": args.potential,
         "source": args.source,
         "fmax": args.fmax,
         "steps": args.steps,
     }
     table = Table(
-        title=f"{len(structures)} x {args.formula} ({args.source}), fmax {args.fmax} eV/Å, "
+        title=f"{len(structures)} x {args.formula} ({args.source}), {args.potential}, "
+        f"fmax {args.fmax} eV/Å, "
         f"<= {args.steps} steps, {device}, {meta['torch_threads']} torch thread(s)"
     )
     for col in ("route", "wall s", "converged", "failed", "model calls", "steps (sum)"):

@@ -84,11 +84,13 @@ def default_relax_maker(
     )
 
 
-def _chgnet_version() -> str | None:
+def _package_version(force_field_name: str) -> str | None:
+    """Version of the force field's package (chgnet, sevenn)."""
     try:
         from importlib.metadata import version
 
-        return version("chgnet")
+        name = force_field_name.lower()
+        return version("sevenn" if name == "sevennet" else name)
     except Exception:  # noqa: BLE001
         return None
 
@@ -99,7 +101,8 @@ class BatchedRelaxMaker(Maker):
 
     Numerically the same optimiser as the per-candidate atomate2 route (FIRE on a
     FrechetCellFilter), but every FIRE step evaluates all unconverged candidates in one batched
-    CHGNet call, on the GPU when there is one.
+    CHGNet call, on the GPU when there is one. With ``optimizer="torch-sim"`` the force field
+    may also be ``"SevenNet"`` (``calculator_kwargs={"model": ...}``, default 7net-l3i5).
     """
 
     name: str = "dao batched relax"
@@ -114,13 +117,16 @@ class BatchedRelaxMaker(Maker):
     # FIRE is the default: it matches atomate2's route more closely and is 1.8x faster on the
     # CPU (docs/performance.md).
     optimizer: Literal["fire", "torch-sim"] = "fire"
+    calculator_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. SevenNet's model
 
     @batched_relax_job
     def make(self, generation: GenerationDoc | list[CandidateDoc]) -> BatchedRelaxDoc:
-        if str(self.force_field_name).lower() != "chgnet":
+        supported = ("CHGNet", "SevenNet") if self.optimizer == "torch-sim" else ("CHGNet",)
+        if self.force_field_name.lower() not in {name.lower() for name in supported}:
             raise ValueError(
-                f"batched relaxation supports CHGNet only, not {self.force_field_name!r}; "
-                "use the per-candidate route for other force fields"
+                f"batched relaxation with optimizer {self.optimizer!r} supports "
+                f"{' and '.join(supported)}, not {self.force_field_name!r}; use the "
+                "per-candidate route for other force fields"
             )
         candidates = generation.candidates if isinstance(generation, GenerationDoc) else generation
         todo = [c for c in candidates if c.valid and c.structure is not None]
@@ -159,13 +165,13 @@ class BatchedRelaxMaker(Maker):
             )
         return BatchedRelaxDoc(
             results=out,
-            force_field="CHGNet",
-            force_field_version=_chgnet_version(),
+            force_field=self.force_field_name,
+            force_field_version=_package_version(self.force_field_name),
             fmax=self.fmax,
             steps=self.steps,
             device=stats.get("device", "cpu"),
             relax_cell=self.relax_cell,
-            n_model_calls=stats.get("model_calls", 0),
+            n_model_calls=stats.get("model_calls") or 0,
             elapsed_s=round(stats.get("elapsed_s", 0.0), 3),
         )
 
@@ -173,9 +179,11 @@ class BatchedRelaxMaker(Maker):
         common = dict(fmax=self.fmax, steps=self.steps, relax_cell=self.relax_cell,
                       device=self.device)  # fmt: skip
         if self.optimizer == "torch-sim":
-            from dao_flows.torchsim_relax import torchsim_relax
+            from dao_flows.torchsim_relax import torchsim_model, torchsim_relax
 
-            return torchsim_relax(structures, **common)
+            name = "SevenNet" if self.force_field_name.lower() == "sevennet" else "CHGNet"
+            model = torchsim_model(name, self.device, **self.calculator_kwargs)
+            return torchsim_relax(structures, **common, model=model)
         if self.optimizer != "fire":
             raise ValueError(f"optimizer {self.optimizer!r}: expected 'fire' or 'torch-sim'")
         return batched_fire_relax(

@@ -174,7 +174,31 @@ class CHGNetTorchSimModel(ModelInterface):
         return out
 
 
-def _optimizer(model: CHGNetTorchSimModel, relax_cell: bool, cell_filter: CellFilter) -> tuple:
+def torchsim_model(
+    force_field_name: str = "CHGNet", device: str | None = None, model: str = "7net-l3i5"
+) -> ModelInterface:
+    """A torch-sim model for an atomate2 force-field name: ``"CHGNet"`` through
+    :class:`CHGNetTorchSimModel` (its graphs are built on the CPU, one structure at a time),
+    ``"SevenNet"`` (``model``: a pretrained name from the sevenn wheel) through torch-sim's own
+    ``SevenNetModel``, whose neighbour lists are built on the model's device."""
+    if force_field_name == "CHGNet":
+        return CHGNetTorchSimModel(device=device)
+    if force_field_name == "SevenNet":
+        import sevenn.calculator
+        from sevenn.util import load_checkpoint
+
+        # torch-sim 0.3 imports this name, which sevenn 0.13 dropped; it only tests for
+        # TorchScript-deployed models, and the wheel's checkpoints are not.
+        if not hasattr(sevenn.calculator, "torch_script_type"):
+            sevenn.calculator.torch_script_type = torch.jit.ScriptModule
+        from torch_sim.models.sevennet import SevenNetModel
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return SevenNetModel(model=load_checkpoint(model).build_model(), device=device)
+    raise ValueError(f"no torch-sim model for {force_field_name!r}; use 'CHGNet' or 'SevenNet'")
+
+
+def _optimizer(model: ModelInterface, relax_cell: bool, cell_filter: CellFilter) -> tuple:
     import torch_sim as ts
 
     if not relax_cell:
@@ -197,8 +221,9 @@ def torchsim_relax(
     cell_filter: CellFilter = "frechet",
     max_memory_scaler: float | None = None,
 ) -> tuple[list[BatchRelaxResult], dict[str, Any]]:
-    """Relax ``structures`` together with torch-sim's FIRE on CHGNet (positions, and the cell
-    through a Fréchet or unit cell filter when ``relax_cell``).
+    """Relax ``structures`` together with torch-sim's FIRE (positions, and the cell through a
+    Fréchet or unit cell filter when ``relax_cell``) on ``model``: a torch-sim
+    ``ModelInterface`` (:func:`torchsim_model`), or a CHGNet, or None for the bundled CHGNet.
 
     Converged means torch-sim's ``generate_force_convergence_fn(fmax)``: every atomic force
     norm < fmax and, with the cell relaxed, every row of the filter's cell forces < fmax; it is
@@ -215,10 +240,12 @@ def torchsim_relax(
 
     started = time.perf_counter()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    adapter = model if isinstance(model, CHGNetTorchSimModel) else None
-    if adapter is None:
+    if isinstance(model, ModelInterface):
+        adapter = model
+    else:
         adapter = CHGNetTorchSimModel(model or load_chgnet_model(device), device=device)
-    calls0, graphs0 = adapter.calls, adapter.graphs_evaluated
+    chgnet = isinstance(adapter, CHGNetTorchSimModel)
+    calls0, graphs0 = (adapter.calls, adapter.graphs_evaluated) if chgnet else (0, 0)
     # CHGNet's stress changes sign with the cell's handedness: relax right-handed cells only.
     structures = [right_handed_structure(s) for s in structures]
     results: list[BatchRelaxResult | None] = [None] * len(structures)
@@ -230,7 +257,8 @@ def torchsim_relax(
             results[i] = BatchRelaxResult(None, None, False, 0, None, "non-finite input")
             continue
         try:
-            adapter.graph(s)
+            if chgnet:  # CHGNet's own screen: e.g. isolated atoms
+                adapter.graph(s)
             good.append(i)
         except Exception as exc:  # noqa: BLE001
             reason = f"CHGNet graph: {type(exc).__name__}: {exc}"
@@ -245,7 +273,7 @@ def torchsim_relax(
         state = init_fn(
             ts.io.structures_to_state([structures[i] for i in good], adapter.device, adapter.dtype)
         )
-        for pos, msg in adapter.last_errors.items():
+        for pos, msg in getattr(adapter, "last_errors", {}).items():
             errors[pos] = msg
         n_atoms = sum(len(structures[i]) for i in good)
         if max_memory_scaler is None and (
@@ -279,7 +307,7 @@ def torchsim_relax(
             if not seen.issuperset(idx):
                 continue  # fresh systems were swapped in: check them before any step
             batch = update_fn(batch)
-            for pos, msg in adapter.last_errors.items():
+            for pos, msg in getattr(adapter, "last_errors", {}).items():
                 errors.setdefault(idx[pos], msg)
             for j in idx:
                 n_steps[j] += 1
@@ -300,8 +328,8 @@ def torchsim_relax(
 
     stats = {
         "elapsed_s": time.perf_counter() - started,
-        "model_calls": adapter.calls - calls0,  # batched CHGNet forward() calls
-        "graphs_evaluated": adapter.graphs_evaluated - graphs0,
+        "model_calls": adapter.calls - calls0 if chgnet else None,  # batched forward() calls
+        "graphs_evaluated": adapter.graphs_evaluated - graphs0 if chgnet else None,
         "batcher_iterations": batches,  # next_batch() rounds (convergence checks)
         "device": str(adapter.device),
         "cell_filter": cell_filter if relax_cell else None,
