@@ -38,7 +38,7 @@ def enabled(x: torch.Tensor) -> bool:
     on a GPU, no gradient, N <= MAX_ATOMS, unless ``DAO_FUSED_ATTENTION=0``."""
     if os.environ.get("DAO_FUSED_ATTENTION", "1") == "0" or torch.is_grad_enabled():
         return False
-    if torch.compiler.is_compiling() or x.shape[-2] > MAX_ATOMS:
+    if x.shape[-2] > MAX_ATOMS:
         return False
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -156,10 +156,9 @@ def tile_sizes(n: int, dim: int, k3: int) -> dict[str, int]:
     )  # fmt: skip
 
 
+@torch.library.custom_op("dao::attention_messages", mutates_args=())
 def attention_messages(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    qkv: torch.Tensor,
     w_wave: torch.Tensor,
     gram_vec: torch.Tensor,
     centre_vec: torch.Tensor,
@@ -169,17 +168,19 @@ def attention_messages(
     inv_std: torch.Tensor,
     mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Messages (B, N, heads, D) of `CrysformerLayer`'s attention. q, k, v: (B, N, heads, D)
-    views sharing strides (as split from one qkv projection); w_wave (heads, D, 6K);
-    gram_vec (B, heads, D); centre_vec, shift_vec (heads, D); waves (B, N, 6K);
-    mean, inv_std (B, N, N); mask (B, N)."""
-    b, n, heads, dim = q.shape
+    """Messages (B, N, heads, D) of `CrysformerLayer`'s attention. qkv: (B, N, 3, heads, D),
+    the query, key and value of the one qkv projection; w_wave (heads, D, 6K); gram_vec
+    (B, heads, D); centre_vec, shift_vec (heads, D); waves (B, N, 6K); mean, inv_std (B, N, N);
+    mask (B, N). A registered operator, so `torch.compile` keeps it as one opaque call and
+    fuses the PyTorch work around it."""
+    b, n, _, heads, dim = qkv.shape
     k3 = waves.shape[-1] // 2
-    assert q.stride() == k.stride() == v.stride() and q.stride(-1) == 1
-    dtype = q.dtype
-    out = torch.empty((b, n, heads, dim), dtype=dtype, device=q.device)
+    qkv = qkv.contiguous()
+    dtype = qkv.dtype
+    out = torch.empty((b, n, heads, dim), dtype=dtype, device=qkv.device)
     sizes = tile_sizes(n, dim, k3)
     group = sizes["BLOCK_N"] // n  # crystals per program
+    q, k, v = qkv.unbind(2)
     _attention_kernel[(triton.cdiv(b, group) * heads,)](
         q, k, v, q.stride(0), q.stride(1), q.stride(2),
         w_wave.to(dtype).contiguous(), waves.to(dtype).contiguous(),
@@ -190,3 +191,9 @@ def attention_messages(
         **sizes, PRECISION="ieee" if dtype == torch.float32 else "tf32",
     )  # fmt: skip
     return out
+
+
+@attention_messages.register_fake
+def _(qkv: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
+    b, n, _, heads, dim = qkv.shape
+    return qkv.new_empty((b, n, heads, dim))

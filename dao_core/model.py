@@ -177,7 +177,8 @@ class CrysformerLayer(nn.Module):
         v_j + W_e e_ij, computed exactly from per-atom waves and N x N scalars (PairGeometry)."""
         b, n, _ = h.shape
         heads, dim, waves_dim = self.heads, self.head_dim, 6 * self.fourier
-        q, k, v = self.qkv(self.norm_attn(h)).view(b, n, 3, heads, dim).unbind(2)
+        qkv = self.qkv(self.norm_attn(h)).view(b, n, 3, heads, dim)
+        q, k, v = qkv.unbind(2)
         # W_e LN(e) = inv_std * (W_e diag(gamma) e - mean * W_e gamma) + W_e beta.
         w = self.edge.weight * edge_norm.weight  # W_e diag(gamma), (H, 9 + 6K)
         # Fourier columns are ordered (c, sin|cos, k); regroup them as [sin (c, k) | cos (c, k)].
@@ -191,7 +192,7 @@ class CrysformerLayer(nn.Module):
         shift_vec = (self.edge.weight @ edge_norm.bias).view(heads, dim)  # W_e beta
         if fused_attention and fused_attention.enabled(h):  # one kernel, no autograd
             msg = fused_attention.attention_messages(
-                q, k, v, w_wave, gram_vec.view(b, heads, dim), centre_vec, shift_vec,
+                qkv, w_wave, gram_vec.view(b, heads, dim), centre_vec, shift_vec,
                 pairs.waves, pairs.mean, pairs.inv_std, mask,
             )  # fmt: skip
             return self._residuals(h, msg)

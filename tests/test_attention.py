@@ -72,23 +72,29 @@ def test_bundled_model_float32_matches_within_round_off(seed: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("preset", "n", "b"), [("tiny", 9, 4), ("small", 5, 13), ("base", 20, 4), ("tiny", 1, 5)]
+    ("preset", "n", "b", "mode"),
+    [
+        ("tiny", 9, 4, "eager"),
+        ("small", 5, 13, "eager"),
+        ("base", 20, 4, "eager"),
+        ("tiny", 1, 5, "eager"),
+        ("tiny", 5, 7, "compile"),
+    ],
 )
-def test_fused_kernel_equals_factorised(preset: str, n: int, b: int) -> None:
+def test_fused_kernel_equals_factorised(preset: str, n: int, b: int, mode: str) -> None:
     """The one-kernel attention (dao_core.fused_attention), run by Triton's interpreter on the
     CPU, gives the PyTorch path's outputs in float32 on padded crystals: head dims that are
-    not powers of two, crystals of up to 20 atoms, and small cells stacked several to a tile
-    (13 five-atom crystals: tiles of 6, 6 and 1). A fresh interpreter, because Triton reads
-    TRITON_INTERPRET when triton.language is first imported."""
+    not powers of two, crystals of up to 20 atoms, small cells stacked several to a tile
+    (13 five-atom crystals: tiles of 6, 6 and 1), and inside a ``torch.compile`` graph (it is
+    a registered operator). A fresh interpreter, because Triton reads TRITON_INTERPRET when
+    triton.language is first imported."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "DAO_FUSED_ATTENTION": "1"}
     script = Path(__file__).with_name("fused_check.py")
-    run = subprocess.run(
-        [sys.executable, str(script), preset, str(n), str(b)],
-        env=env,
-        capture_output=True,
-        text=True,
+    args = [sys.executable, str(script), preset, str(n), str(b)] + (
+        ["compile"] * (mode == "compile")
     )
+    run = subprocess.run(args, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     errors = json.loads(run.stdout.splitlines()[-1])
     assert errors["used_kernel"] and max(errors["relative"]) < 1e-5, errors
