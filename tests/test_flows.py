@@ -537,6 +537,22 @@ def test_benchmark_csp_counts_a_template_hit_against_the_relaxed_reference(dao_e
     assert again == [row]
 
 
+def test_benchmark_csp_ids_select_and_name_unknown_ones(tmp_path):
+    """``--ids`` picks crystals by material id; an id the data lacks ends the command with its
+    name before anything runs."""
+    from dao_core.data import CrystalRecord
+    from dao_core.data.files import save_records
+    from dao_flows.cli import app
+
+    data = save_records(
+        tmp_path / "two.npz", [CrystalRecord.from_structure(rocksalt(5.6), material_id="nacl")]
+    )
+    ids = tmp_path / "ids.txt"
+    ids.write_text("nacl\nmp-0000\n")
+    res = CliRunner().invoke(app, ["benchmark-csp", "--data", str(data), "--ids", str(ids)])
+    assert res.exit_code == 2 and "mp-0000" in res.output and "nacl," not in res.output
+
+
 def test_user_structures_are_ranked_with_the_generated_ones(dao_env, tmp_path):
     """A user's CIF of rocksalt NaCl (a seed, with the wrong lattice constant) relaxes to the
     CHGNet rocksalt minimum and is ranked, tagged "user", beside the generated candidates in

@@ -36,6 +36,10 @@ def benchmark_csp(
     sample: Annotated[
         int | None, typer.Option(help="a random N of the crystals (seeded by --seed)")
     ] = None,
+    ids: Annotated[
+        Path | None,
+        typer.Option(help="only these material ids (a text file, one per line), in its order"),
+    ] = None,
     seed: Seed = 0,
     shard: Annotated[
         str | None,
@@ -67,6 +71,12 @@ def benchmark_csp(
     if sample is not None and sample < len(records):  # files are often sorted by size
         chosen = np.random.default_rng(seed).choice(len(records), sample, replace=False)
         records = [records[i] for i in sorted(chosen)]
+    if ids is not None:
+        wanted = [line.strip() for line in ids.read_text().splitlines() if line.strip()]
+        by_id = {r.material_id: r for r in records}
+        if missing := [i for i in wanted if i not in by_id]:
+            raise DAOInputError(f"--ids {ids}: not in {data}: {', '.join(missing[:5])}")
+        records = [by_id[i] for i in wanted]
     if shard is not None:
         index, count = (int(part) for part in shard.split("/"))
         if not 0 <= index < count:
