@@ -4,8 +4,9 @@ Measured on the end-to-end benchmark (docs/benchmarks.md, "Re-ranking"): when CH
 misses the real structure, the real one is usually among its top five, a few meV/atom higher;
 SevenNet-l3i5 (weights in the sevenn wheel), relaxing CHGNet's top five again, put it first in
 8 of 15 such held-out compositions and kept 24 of 25 hits. This job does that for any run: the top
-``top`` polymorphs are relaxed again (FIRE on a Fréchet cell filter, atomate2's ASE route)
-and ordered by the second potential's energy; the rest keep CHGNet's order below them.
+``top`` polymorphs are relaxed again (FIRE on a Fréchet cell filter: atomate2's ASE route, or
+one torch-sim batch) and ordered by the second potential's energy; the rest keep CHGNet's order
+below them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from jobflow import Maker, Response
 
@@ -26,6 +27,8 @@ from dao_flows.verification import with_verification
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ase.calculators.calculator import Calculator
     from pymatgen.core import Structure
 
@@ -67,6 +70,10 @@ class RefineMaker(Maker):
     fmax: float = 0.05
     steps: int = 300
     device: str | None = None
+    # "ase": atomate2's relaxer, one polymorph at a time; "torch-sim" (the `torchsim` extra):
+    # all of them in one batch, SevenNet's neighbour lists on the device (the route for a GPU;
+    # the same energies within 1 meV/atom on the CPU, docs/performance.md).
+    optimizer: Literal["ase", "torch-sim"] = "ase"
 
     @ranking_job
     def make(
@@ -90,10 +97,7 @@ class RefineMaker(Maker):
             steps=self.steps, **self.calculator_kwargs,
         )  # fmt: skip
         try:
-            from atomate2.forcefields.utils import ase_calculator
-
-            device = {"device": self.device} if self.device else {}
-            calc = ase_calculator(self.force_field_name, **self.calculator_kwargs, **device)
+            relax = self._relaxer()
         except Exception as exc:  # noqa: BLE001 - e.g. the potential's package is missing
             logger.warning(
                 "re-ranking skipped: %s could not be loaded (%s)", self.force_field_name, exc
@@ -103,8 +107,8 @@ class RefineMaker(Maker):
                 update={"provenance": {**result.provenance, "refined_by": refined_by}}
             )
         refined, errors = [], {}
-        for polymorph in result.polymorphs[: self.top]:
-            energy, error = self._energy(polymorph.structure, calc)
+        top = result.polymorphs[: self.top]
+        for polymorph, (energy, error) in zip(top, self._energies(top, relax), strict=True):
             if error:
                 errors[polymorph.candidate_id] = error
             refined.append((energy is None, polymorph.implausible is not None, energy, polymorph))
@@ -127,16 +131,55 @@ class RefineMaker(Maker):
             update={"polymorphs": polymorphs, "timings": timings, "provenance": provenance}
         )
 
-    def _energy(self, structure: Structure, calc: Calculator) -> tuple[float | None, str | None]:
-        """(energy per atom after relaxation, None), or (None, why not)."""
-        issue = check_structure(structure)[0]  # e.g. NaN sites, which a potential may skip
-        if issue:
-            return None, issue
-        try:
-            relaxed, energy = relax_structure(structure, calc, self.fmax, self.steps)
-        except Exception as exc:  # noqa: BLE001 - one polymorph must not stop the others
-            return None, f"{type(exc).__name__}: {exc}"
-        if not math.isfinite(energy):
-            return None, "non-finite energy"
-        issue = check_structure(relaxed)[0]  # a collapsed or exploded cell is no ranking
-        return (None, f"relaxed cell: {issue}") if issue else (energy, None)
+    def _relaxer(self) -> Callable[[list[Structure]], list[tuple[Structure, float]]]:
+        """The potential, loaded: a function relaxing structures to (relaxed, energy/atom),
+        raising for one it cannot relax (ASE) or returning the failure's reason (torch-sim)."""
+        if self.optimizer == "torch-sim":
+            from dao_flows.torchsim_relax import torchsim_model, torchsim_relax
+
+            model = torchsim_model(self.force_field_name, self.device, **self.calculator_kwargs)
+
+            def batch(structures: list[Structure]) -> list:
+                results, _ = torchsim_relax(
+                    structures, self.fmax, self.steps, device=self.device, model=model
+                )
+                return [r.error or (r.structure, r.energy_per_atom) for r in results]
+
+            return batch
+        from atomate2.forcefields.utils import ase_calculator
+
+        device = {"device": self.device} if self.device else {}
+        calc = ase_calculator(self.force_field_name, **self.calculator_kwargs, **device)
+
+        def one_by_one(structures: list[Structure]) -> list:
+            out: list = []
+            for structure in structures:
+                try:
+                    out.append(relax_structure(structure, calc, self.fmax, self.steps))
+                except Exception as exc:  # noqa: BLE001 - one must not stop the others
+                    out.append(f"{type(exc).__name__}: {exc}")
+            return out
+
+        return one_by_one
+
+    def _energies(
+        self, polymorphs: list, relax: Callable[[list[Structure]], list]
+    ) -> list[tuple[float | None, str | None]]:
+        """(energy per atom after relaxation, None), or (None, why not), per polymorph."""
+        # e.g. NaN sites, which a potential may skip
+        issues = [check_structure(p.structure)[0] for p in polymorphs]
+        sound = [p.structure for p, issue in zip(polymorphs, issues, strict=True) if not issue]
+        relaxed = iter(relax(sound))
+        out: list[tuple[float | None, str | None]] = []
+        for issue in issues:
+            outcome = issue or next(relaxed)
+            if isinstance(outcome, str):
+                out.append((None, outcome))
+                continue
+            structure, energy = outcome
+            if not math.isfinite(energy):
+                out.append((None, "non-finite energy"))
+                continue
+            issue = check_structure(structure)[0]  # a collapsed or exploded cell is no ranking
+            out.append((None, f"relaxed cell: {issue}") if issue else (energy, None))
+        return out
