@@ -18,7 +18,8 @@ batched); batched_fire is CHGNet-only.
 Issue bar: energies within 1 meV/atom of the atomate2 route.
 
     OMP_NUM_THREADS=1 python benchmarks/torchsim_vs_ase.py --n 20 --threads 1 --json out.json
-    python benchmarks/torchsim_vs_ase.py --n 20 --source daog --route-a atomate2 --potential SevenNet
+    python benchmarks/torchsim_vs_ase.py --n 20 --source daog --route-a atomate2 \
+        --potential SevenNet
 """
 
 from __future__ import annotations
