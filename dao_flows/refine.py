@@ -94,7 +94,7 @@ class RefineMaker(Maker):
         started = time.perf_counter()
         refined_by: dict[str, Any] = dict(
             force_field_name=self.force_field_name, top=self.top, fmax=self.fmax,
-            steps=self.steps, **self.calculator_kwargs,
+            steps=self.steps, optimizer=self.optimizer, **self.calculator_kwargs,
         )  # fmt: skip
         try:
             relax = self._relaxer()
@@ -140,9 +140,12 @@ class RefineMaker(Maker):
             model = torchsim_model(self.force_field_name, self.device, **self.calculator_kwargs)
 
             def batch(structures: list[Structure]) -> list:
-                results, _ = torchsim_relax(
-                    structures, self.fmax, self.steps, device=self.device, model=model
-                )
+                try:
+                    results, _ = torchsim_relax(
+                        structures, self.fmax, self.steps, device=self.device, model=model
+                    )
+                except Exception as exc:  # noqa: BLE001 - e.g. out of memory: keep the order
+                    return [f"torch-sim batch: {type(exc).__name__}: {exc}"] * len(structures)
                 return [r.error or (r.structure, r.energy_per_atom) for r in results]
 
             return batch
