@@ -7,7 +7,10 @@ where the first substitution from such a template comes in the library's candida
 prototype present and offered first means the ranking lost it; none means only the generator
 could have found it.
 
-    python benchmarks/template_coverage.py rows.json --data le20.npz [--templates LIB]
+    python benchmarks/template_coverage.py rows.json --data le20.npz [--templates LIB] [--all]
+
+``--all`` lists the hits too and counts the rows whose prototype is among the ``--slots``
+(default 20, the flow's) template candidates the library offers.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def main() -> None:
     parser.add_argument("rows", type=Path, nargs="+", help="benchmark-csp JSON files")
     parser.add_argument("--data", required=True, help="the reference structures (CSV or .npz)")
     parser.add_argument("--templates", help="template library (default: the bundled one)")
+    parser.add_argument("--all", action="store_true", help="every row, not only the misses")
+    parser.add_argument("--slots", type=int, default=20, help="template candidates per run")
     args = parser.parse_args()
     library = TemplateLibrary.load(args.templates)
     wanted = {r["material_id"]: r for f in args.rows for r in json.loads(f.read_text())["rows"]}
@@ -40,8 +45,9 @@ def main() -> None:
     table = Table(
         "composition", "atoms", "rank of match", "templates", "prototype", "first offered"
     )
+    within = total = 0
     for mid, row in wanted.items():
-        if row["hit_rank"]["diffcsp"] == 1 or mid not in records:
+        if (row["hit_rank"]["diffcsp"] == 1 and not args.all) or mid not in records:
             continue
         rec = records[mid]
         reference = Structure(rec.lattice, rec.atomic_numbers.tolist(), rec.frac)
@@ -56,12 +62,16 @@ def main() -> None:
         offered = library.candidates(rec.atomic_numbers, 10**6)
         ranks = [i for i, (_, meta) in enumerate(offered, 1) if meta["template"] in prototypes]
         first = ranks[0] if ranks else None
+        total += 1
+        within += first is not None and first <= args.slots
         table.add_row(
             row["formula"], str(len(rec.atomic_numbers)), str(row["hit_rank"]["diffcsp"] or "-"),
             str(len(templates)), str(len(prototypes)),
             "-" if first is None else f"{first} of {len(offered)}",
         )  # fmt: skip
-    Console(width=120).print(table)
+    console = Console(width=120)
+    console.print(table)
+    console.print(f"prototype among the first {args.slots} template candidates: {within} of {total}")
 
 
 if __name__ == "__main__":

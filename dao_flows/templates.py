@@ -29,6 +29,8 @@ from dao_core.errors import DAOInputError
 
 BUNDLED = Path(__file__).parent / "data" / "templates-mp2025.npz"
 MAX_ASSIGNMENTS = 720  # 6! orderings among equal counts; beyond, the first ones only
+# Substitutions looked at per candidate wanted while collecting distinct structure types.
+SCAN_PER_CANDIDATE = 25
 
 
 def count_key(counts: Iterable[int]) -> tuple[int, ...]:
@@ -146,7 +148,10 @@ class TemplateLibrary:
         )
 
     def candidates(self, atomic_numbers: np.ndarray, n: int) -> list[tuple[Structure, dict]]:
-        """Up to ``n`` substituted structures for a cell of these atoms, most similar first."""
+        """Up to ``n`` substituted structures for a cell of these atoms, most similar first,
+        one per structure type (space group and each element's Wyckoff sites) before any
+        second of a type: chemically similar templates are often one prototype many times
+        over, and a copy relaxes into the same polymorph."""
         target = dict(zip(*np.unique(atomic_numbers, return_counts=True), strict=True))
         target_key = count_key(target.values())
         scored = []
@@ -158,14 +163,19 @@ class TemplateLibrary:
             for mapping in _assignments(counts, target, scale):
                 scored.append((_distance(mapping), t, mapping, scale))
         scored.sort(key=lambda x: x[0])
-        out = []
-        for distance, t, mapping, scale in scored[:n]:
-            out.append((_substitute(t, mapping, scale), {
+        firsts, repeats, types = [], [], set()
+        for distance, t, mapping, scale in scored[: n * SCAN_PER_CANDIDATE]:
+            structure = _substitute(t, mapping, scale)
+            kind = _structure_type(structure)
+            (repeats if kind in types else firsts).append((structure, {
                 "template": t.material_id, "template_formula": _formula(t.numbers),
                 "library": self.source, "chemical_distance": round(float(distance), 3),
                 "supercell": scale,
             }))  # fmt: skip
-        return out
+            types.add(kind)
+            if len(firsts) == n:
+                break
+        return (firsts + repeats)[:n]
 
 
 def _as_structure(obj: Any) -> Structure:
@@ -222,6 +232,23 @@ def _substitute(t: Template, mapping: dict[int, int], scale: int) -> Structure:
         axis = int(np.argmin(structure.lattice.abc))
         structure.make_supercell([scale if i == axis else 1 for i in range(3)])
     return structure
+
+
+def _structure_type(structure: Structure) -> tuple:
+    """Space group and the (element, Wyckoff letter, multiplicity) of every orbit (spglib,
+    symprec 0.1): equal for two substitutions of one prototype with the same site assignment."""
+    import spglib
+
+    numbers = structure.atomic_numbers
+    data = spglib.get_symmetry_dataset(
+        (structure.lattice.matrix, structure.frac_coords, numbers), symprec=0.1
+    )
+    if data is None:  # no symmetry found: every such structure is its own type
+        return (0, id(structure))
+    orbit, size = np.unique(data.equivalent_atoms, return_counts=True)
+    return (data.number, tuple(sorted(
+        (numbers[i], data.wyckoffs[i], int(m)) for i, m in zip(orbit, size, strict=True)
+    )))  # fmt: skip
 
 
 def _formula(numbers: np.ndarray) -> str:

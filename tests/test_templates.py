@@ -105,3 +105,22 @@ def test_library_from_a_maggma_store_and_its_json_dump(tmp_path: Path) -> None:
     (tmp_path / "empty.json").write_text("[]")
     with pytest.raises(DAOInputError, match="holds no 'structure' documents"):
         TemplateLibrary.load(tmp_path / "empty.json")
+
+
+def test_one_candidate_per_structure_type_before_repeats() -> None:
+    """Three rocksalt templates chemically closer to LiF than one CsCl-type template: with two
+    slots, LiF gets one rocksalt and the CsCl type (a second rocksalt would relax into the
+    first); with more slots the other rocksalts follow, closest first."""
+    cscl = Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    items = [("nacl", rocksalt(5.64, "Na", "Cl")), ("naf", rocksalt(4.63, "Na", "F")),
+             ("kf", rocksalt(5.35, "K", "F")), ("cscl", cscl)]  # fmt: skip
+    library = TemplateLibrary.from_structures(items, "test")
+    two = library.candidates(parse_composition("LiF"), 2)
+    types = [s.get_space_group_info()[1] for s, _ in two]
+    assert sorted(types) == [221, 225] and two[0][1]["template"] == "naf"
+    # Li on the cation site of each: the assignment that swaps Li and F is never the same type
+    for structure, _ in two:
+        assert structure.composition.reduced_formula == "LiF"
+    everything = library.candidates(parse_composition("LiF"), 10)
+    assert [m["template"] for _, m in everything[:2]] == [m["template"] for _, m in two]
+    assert {m["template"] for _, m in everything} == {"nacl", "naf", "kf", "cscl"}
