@@ -71,7 +71,8 @@ def main() -> None:
         )  # fmt: skip
     console = Console(width=120)
     console.print(table)
-    console.print(f"prototype among the first {args.slots} template candidates: {within} of {total}")
+    slots = f"the first {args.slots} template candidates"
+    console.print(f"prototype among {slots}: {within} of {total}")
 
 
 if __name__ == "__main__":
