@@ -240,9 +240,13 @@ def _structure_type(structure: Structure) -> tuple:
     import spglib
 
     numbers = structure.atomic_numbers
-    data = spglib.get_symmetry_dataset(
-        (structure.lattice.matrix, structure.frac_coords, numbers), symprec=0.1
-    )
+    cell = (structure.lattice.matrix, structure.frac_coords, numbers)
+    with warnings.catch_warnings():  # spglib's notice about its error handling, per call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            data = spglib.get_symmetry_dataset(cell, symprec=0.1)
+        except Exception:  # noqa: BLE001 - spglib raising instead of returning None
+            data = None
     if data is None:  # no symmetry found: every such structure is its own type
         return (0, id(structure))
     orbit, size = np.unique(data.equivalent_atoms, return_counts=True)
