@@ -131,9 +131,9 @@ class RefineMaker(Maker):
             update={"polymorphs": polymorphs, "timings": timings, "provenance": provenance}
         )
 
-    def _relaxer(self) -> Callable[[list[Structure]], list[tuple[Structure, float]]]:
-        """The potential, loaded: a function relaxing structures to (relaxed, energy/atom),
-        raising for one it cannot relax (ASE) or returning the failure's reason (torch-sim)."""
+    def _relaxer(self) -> Callable[[list[Structure]], list[tuple[Structure, float] | str]]:
+        """The potential, loaded: a function relaxing structures, each to (relaxed,
+        energy/atom) or to the reason it could not be relaxed."""
         if self.optimizer == "torch-sim":
             from dao_flows.torchsim_relax import torchsim_model, torchsim_relax
 

@@ -181,8 +181,7 @@ class BatchedRelaxMaker(Maker):
         if self.optimizer == "torch-sim":
             from dao_flows.torchsim_relax import torchsim_model, torchsim_relax
 
-            name = "SevenNet" if self.force_field_name.lower() == "sevennet" else "CHGNet"
-            model = torchsim_model(name, self.device, **self.calculator_kwargs)
+            model = torchsim_model(self.force_field_name, self.device, **self.calculator_kwargs)
             return torchsim_relax(structures, **common, model=model)
         if self.optimizer != "fire":
             raise ValueError(f"optimizer {self.optimizer!r}: expected 'fire' or 'torch-sim'")

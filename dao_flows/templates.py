@@ -167,6 +167,8 @@ class TemplateLibrary:
         for distance, t, mapping, scale in scored[: n * SCAN_PER_CANDIDATE]:
             structure = _substitute(t, mapping, scale)
             kind = _structure_type(structure)
+            if kind in types and len(repeats) >= n:
+                continue  # enough repeats to fill the slots already
             (repeats if kind in types else firsts).append((structure, {
                 "template": t.material_id, "template_formula": _formula(t.numbers),
                 "library": self.source, "chemical_distance": round(float(distance), 3),

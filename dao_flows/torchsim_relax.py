@@ -180,10 +180,12 @@ def torchsim_model(
     """A torch-sim model for an atomate2 force-field name: ``"CHGNet"`` through
     :class:`CHGNetTorchSimModel` (its graphs are built on the CPU, one structure at a time),
     ``"SevenNet"`` (``model``: a pretrained name from the sevenn wheel) through torch-sim's own
-    ``SevenNetModel``, whose neighbour lists are built on the model's device."""
-    if force_field_name == "CHGNet":
+    ``SevenNetModel``, whose neighbour lists are built on the model's device. Names are
+    matched without regard to case, as atomate2 does."""
+    name = force_field_name.lower()
+    if name == "chgnet":
         return CHGNetTorchSimModel(device=device)
-    if force_field_name == "SevenNet":
+    if name == "sevennet":
         import sevenn.calculator
         from sevenn.util import load_checkpoint
 
