@@ -324,4 +324,8 @@ def sample(
     frac = torch.rand(b, n, 3, device=device, generator=generator)
     lattice = torch.randn(b, 3, 3, device=device, generator=generator)
     step = PredictorCorrector(score_fn, table, mask, energy_fn, guidance_scale, generator)
-    return step.run(frac, lattice, device.type == "cuda" if graph is None else graph)
+    # autocast drops its cache of low-precision weight copies when its outermost region ends:
+    # an enclosing (disabled) region keeps it for the whole run, so a bf16 network is not
+    # re-cast at every evaluation (~170 copy kernels, 8 % of a 5-atom H100 step).
+    with torch.autocast(device.type, enabled=False):
+        return step.run(frac, lattice, device.type == "cuda" if graph is None else graph)
