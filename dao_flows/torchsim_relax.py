@@ -179,24 +179,19 @@ def torchsim_model(
 ) -> ModelInterface:
     """A torch-sim model for an atomate2 force-field name: ``"CHGNet"`` through
     :class:`CHGNetTorchSimModel` (its graphs are built on the CPU, one structure at a time),
-    ``"SevenNet"`` (``model``: a pretrained name from the sevenn wheel) through torch-sim's own
-    ``SevenNetModel``, whose neighbour lists are built on the model's device. Names are
-    matched without regard to case, as atomate2 does."""
+    ``"SevenNet"`` (``model``: a pretrained name from the sevenn wheel) through torch-sim's
+    ``SevenNetModel`` with one neighbour list and graph per batch (``BatchedSevenNetModel``).
+    Names are matched without regard to case, as atomate2 does."""
     name = force_field_name.lower()
     if name == "chgnet":
         return CHGNetTorchSimModel(device=device)
     if name == "sevennet":
-        import sevenn.calculator
         from sevenn.util import load_checkpoint
 
-        # torch-sim 0.3 imports this name, which sevenn 0.13 dropped; it only tests for
-        # TorchScript-deployed models, and the wheel's checkpoints are not.
-        if not hasattr(sevenn.calculator, "torch_script_type"):
-            sevenn.calculator.torch_script_type = torch.jit.ScriptModule
-        from torch_sim.models.sevennet import SevenNetModel
+        from dao_flows.sevennet_batched import BatchedSevenNetModel
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return SevenNetModel(model=load_checkpoint(model).build_model(), device=device)
+        return BatchedSevenNetModel(model=load_checkpoint(model).build_model(), device=device)
     raise ValueError(f"no torch-sim model for {force_field_name!r}; use 'CHGNet' or 'SevenNet'")
 
 

@@ -141,7 +141,7 @@ def test_batched_relax_maker_runs_torch_sim(dao_env) -> None:
 
 
 def test_batched_relax_maker_sevennet_matches_rerank_route(dao_env) -> None:
-    """SevenNet-l3i5 through torch-sim's own model (neighbour lists on the model's device) lands
+    """SevenNet-l3i5 through torch-sim (BatchedSevenNetModel) lands
     where the re-ranking's per-structure ASE route does (atomate2's SevenNet calculator), within
     0.1 meV/atom: measured 0.001-0.002 on rocksalt, wurtzite ZnO and a rattled CsV3Sb5."""
     pytest.importorskip("sevenn", reason="sevenn not installed")
@@ -171,3 +171,39 @@ def test_batched_relax_maker_sevennet_matches_rerank_route(dao_env) -> None:
     with pytest.raises(ValueError, match="supports CHGNet"):
         bad = BatchedRelaxMaker(force_field_name="SevenNet", optimizer="fire")
         bad.make.original(bad, docs)
+
+
+def test_batched_sevennet_model_equals_torch_sim_model() -> None:
+    """One neighbour list and graph for the batch give torch-sim's per-system SevenNetModel's
+    energies, forces and stresses (float32 round-off): a rattled rocksalt cell, a triclinic cell
+    with an atom outside it, and a rattled kagome CsV3Sb5."""
+    pytest.importorskip("sevenn", reason="sevenn not installed")
+    import torch_sim as ts
+
+    from dao_flows.torchsim_relax import torchsim_model
+
+    warnings.filterwarnings("ignore")
+    batched = torchsim_model("SevenNet", device="cpu")
+    from torch_sim.models.sevennet import SevenNetModel
+
+    reference = SevenNetModel(model=batched.model, device="cpu")
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"],
+                                         [[0, 0, 0], [0.5, 0.5, 0.5]])  # fmt: skip
+    rocksalt.perturb(0.1, 0.05)
+    triclinic = Structure(
+        Lattice.from_parameters(4.0, 4.3, 7.1, 80, 95, 110), ["Cs", "Cl", "V"],
+        [[0.02, 0, 0], [0.5, 0.5, 0.5], [1.0, -0.5, 0.0]], to_unit_cell=False,
+    )  # fmt: skip
+    kagome = Structure(
+        Lattice.hexagonal(5.5, 9.3), ["Cs"] + ["V"] * 3 + ["Sb"] * 5,
+        [[0, 0, 0], [0.5, 0, 0.5], [0, 0.5, 0.5], [0.5, 0.5, 0.5], [0, 0, 0.5],
+         [1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.25], [1 / 3, 2 / 3, 0.75], [2 / 3, 1 / 3, 0.75]],
+    )  # fmt: skip
+    kagome.perturb(0.05, 0.02)
+    state = ts.io.structures_to_state([rocksalt, triclinic, kagome], torch.device("cpu"),
+                                      torch.float32)  # fmt: skip
+    got, want = batched(state), reference(state)
+    assert set(got) == {"energy", "forces", "stress"}
+    for name, tol in (("energy", 1e-4), ("forces", 1e-4), ("stress", 1e-5)):
+        assert got[name].shape == want[name].shape
+        assert torch.allclose(got[name], want[name], atol=tol, rtol=1e-5), name
