@@ -18,6 +18,7 @@ from sevenn import _keys as key
 from sevenn.atom_graph_data import AtomGraphData
 from torch_sim.elastic import voigt_6_to_full_3x3_stress
 from torch_sim.neighbors import torch_nl_linked_cell
+from torch_sim.transforms import compute_cell_shifts, pbc_wrap_batched
 
 # torch-sim 0.3 imports this name, which sevenn 0.13 dropped (without it SevenNetModel is a
 # placeholder); it only tests for TorchScript-deployed models, and the wheel's are not.
@@ -39,16 +40,13 @@ class BatchedSevenNetModel(SevenNetModel):
         n_systems = cell.shape[0]
         # The linked-cell search wants positions inside their cells; wrapping moves atoms by
         # lattice vectors, which changes no energy, force or stress.
-        frac = torch.linalg.solve(cell[system].transpose(1, 2), state.positions[..., None])
-        pos = torch.einsum("ni,nij->nj", frac.squeeze(-1) % 1.0, cell[system])
+        pos = pbc_wrap_batched(state.positions, state.cell, system)
         pbc = torch.as_tensor(state.pbc, device=pos.device).expand(n_systems, 3)
         edges, edge_system, shift_idx = torch_nl_linked_cell(
             self.cutoff, pos, cell.reshape(-1, 3), pbc, system
         )
         shift_idx = shift_idx.to(pos.dtype)
-        edge_vec = (
-            pos[edges[1]] - pos[edges[0]] + torch.einsum("ei,eij->ej", shift_idx, cell[edge_system])
-        )
+        edge_vec = pos[edges[1]] - pos[edges[0]] + compute_cell_shifts(cell, shift_idx, edge_system)
         numbers = state.atomic_numbers
         counts = torch.bincount(system, minlength=n_systems)
         graph = AtomGraphData(
