@@ -17,7 +17,7 @@ from dao_core.data import CrystalBatch, load_csv
 from dao_core.diffusion import SamplerSettings
 from dao_core.errors import DAOInputError
 from dao_core.model import CrysformerConfig
-from dao_core.train import TrainConfig, train
+from dao_core.train import TrainConfig, WeightAverage, train
 
 # Three small MP-20 crystals of different prototypes: rocksalt SrTe, AlB2-type YSi2, CsCl-type ZrOs.
 HANDFUL = ["mp-1958", "mp-2568", "mp-11541"]
@@ -47,7 +47,7 @@ def test_tiny_dao_g_reproduces_its_training_structures(handful: list, tmp_path: 
 
 def test_resume_continues_the_same_run(handful: list, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    base = dict(kind="dao-g", preset="tiny", out=str(out), batch_size=8, warmup=2,
+    base = dict(kind="dao-g", preset="tiny", out=str(out), batch_size=8, warmup=2, ema_decay=0.9,
                 eval_every=10**9, save_every=10**9, sampling={"step_lr": 5e-7})  # fmt: skip
     train(TrainConfig(**base, max_steps=30, time_limit=1e-9), handful, [])  # stops after 1 step
     state = torch.load(out / "trainer_state.pt", weights_only=True)
@@ -57,7 +57,30 @@ def test_resume_continues_the_same_run(handful: list, tmp_path: Path) -> None:
     assert state["step"] == 30
     history = json.loads((out / "history.json").read_text())
     assert history[-1]["step"] == 30 and (out / "final" / "model.safetensors").is_file()
-    assert load_model(out / "final").sampling == SamplerSettings(step_lr=5e-7, temperature=1.0)
+    final = load_model(out / "final")
+    assert final.sampling == SamplerSettings(step_lr=5e-7, temperature=1.0)
+    # "final" holds the weight average carried through the restart, "last" the raw weights.
+    averaged = state["average"]
+    for name, value in final.state_dict().items():
+        assert torch.equal(value, averaged[name].to(value.dtype)), name
+    raw = load_model(out / "last").state_dict()
+    assert any(not torch.equal(v, raw[k]) for k, v in final.state_dict().items())
+
+
+def test_weight_average_is_an_exponential_moving_average() -> None:
+    torch.manual_seed(0)
+    model = DAOModel("dao-g", CrysformerConfig.preset("tiny"))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    average = WeightAverage(model, decay=0.75)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    average.update(model)
+    now = model.state_dict()
+    for name, value in average.model.state_dict().items():
+        if value.is_floating_point():
+            expected = 0.75 * start[name] + 0.25 * now[name]
+            torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_checkpoint_round_trip_and_hash(tmp_path: Path) -> None:
@@ -121,7 +144,7 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path: Path) -> None:
 DDP_SCRIPT = """
 import os, sys, torch
 from dao_core.data import CrystalBatch, load_csv
-from dao_core.train import TrainConfig, train
+from dao_core.train import TrainConfig, WeightAverage, train
 
 ids = {"mp-1958", "mp-2568", "mp-11541", "mp-2755", "mp-980", "mp-11454"}
 records = [r for r in load_csv(sys.argv[1]) if r.material_id in ids]

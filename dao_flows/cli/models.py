@@ -89,6 +89,10 @@ def train(
     ] = None,
     eval_every: int = 500,
     save_every: int = 1000,
+    ema_decay: Annotated[
+        float | None,
+        typer.Option(help="average the weights (e.g. 0.999); the average is validated and final"),
+    ] = None,
     step_lr: StepLr = None,
     temperature: Temperature = None,
     sample_steps: Annotated[
@@ -120,7 +124,7 @@ def train(
         kind=model, preset=preset, elements=elements, out=str(out), init=init, max_steps=steps,
         batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, seed=seed,
         energy_loss=energy_loss, time_limit=time_limit, time_budget=time_budget,
-        max_pairs=max_pairs, eval_every=eval_every, save_every=save_every,
+        max_pairs=max_pairs, eval_every=eval_every, save_every=save_every, ema_decay=ema_decay,
         sampling=_sampler_overrides(step_lr, temperature, sample_steps),
         record={"data": [f"{p}:{label or ''}" for p, label in specs],
                 "split": str(split_path)},
