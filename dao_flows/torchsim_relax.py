@@ -2,10 +2,12 @@
 
 torch-sim (PyPI ``torch-sim-atomistic``) supplies the batched optimiser (``frechet_cell_fire`` /
 ``unit_cell_fire`` / ``fire`` with ``md_flavor="ase_fire"``, i.e. ASE's FIRE constants and
-update), its force-based convergence test and the ``InFlightAutoBatcher`` that swaps converged
-systems out of the batch and new ones in. CHGNet is reached only through its public API
-(``CHGNet.load``, ``CHGNet.graph_converter``, ``CHGNet.forward(graphs, task="efs")``), wrapped
-in :class:`CHGNetTorchSimModel`; torch-sim 0.3.0 ships no CHGNet interface of its own.
+update; the Fréchet step through :mod:`dao_flows.frechet_fire`, whose cell forces are batched
+where torch-sim 0.3 loops over systems), its force-based convergence test and the
+``InFlightAutoBatcher`` that swaps converged systems out of the batch and new ones in. CHGNet
+is reached only through its public API (``CHGNet.load``, ``CHGNet.graph_converter``,
+``CHGNet.forward(graphs, task="efs")``), wrapped in :class:`CHGNetTorchSimModel`; torch-sim
+0.3.0 ships no CHGNet interface of its own.
 
 Units: torch-sim works in eV, Å and eV/Å^3 with ASE's stress sign (virial = -V * stress);
 CHGNet returns energy per atom (eV/atom) and stress in GPa, converted with ``ase.units.GPa``.
@@ -31,6 +33,7 @@ from torch_sim.models.interface import ModelInterface
 
 from dao_core.data import right_handed_structure
 from dao_flows.batched_fire import BatchRelaxResult
+from dao_flows.frechet_fire import frechet_cell_fire
 
 CellFilter = Literal["frechet", "unit"]
 
@@ -200,8 +203,8 @@ def _optimizer(model: ModelInterface, relax_cell: bool, cell_filter: CellFilter)
 
     if not relax_cell:
         return ts.optimizers.fire(model=model, md_flavor="ase_fire")
-    if cell_filter == "frechet":
-        return ts.frechet_cell_fire(model=model, md_flavor="ase_fire")
+    if cell_filter == "frechet":  # torch-sim's, with the cell forces batched (frechet_fire.py)
+        return frechet_cell_fire(model)
     if cell_filter == "unit":
         return ts.unit_cell_fire(model=model, md_flavor="ase_fire")
     raise ValueError(f"unknown {cell_filter=}, expected 'frechet' or 'unit'")
