@@ -17,7 +17,8 @@ from pymatgen.core import Structure
 import dao_core
 from dao_core.checkpoint import default_device, load_model
 from dao_core.dao import DAOModel
-from dao_core.data import CrystalBatch, parse_composition
+from dao_core.data import CrystalBatch, parse_composition, size_buckets
+from dao_core.data.batches import BATCH_COST_ROWS
 from dao_core.diffusion import SamplerSettings
 from dao_core.errors import DAOInputError
 
@@ -53,14 +54,16 @@ def sample_batch(
 ) -> list[Structure]:
     """One structure per composition (arrays of atomic numbers), sampled in padded batches.
 
-    Compositions are sorted by size so each batch pads little; results come back in input order.
-    ``sampling=None`` uses the model's own sampler settings; ``compile`` see DAOModel.sample.
+    Compositions are sampled in batches of similar size (:func:`size_buckets`; one shape per
+    ``batch_size`` when compiling, as each shape compiles anew); results come back in input
+    order. ``sampling=None`` uses the model's own sampler settings; ``compile`` see
+    DAOModel.sample.
     """
-    order = np.argsort([len(c) for c in compositions], kind="stable")
     out: list[Structure | None] = [None] * len(compositions)
     device = model.device
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    sizes = [len(c) for c in compositions]
+    cost = np.inf if compile else BATCH_COST_ROWS.get(device.type, BATCH_COST_ROWS["cuda"])
+    for idx in size_buckets(sizes, batch_size, cost):
         batch = CrystalBatch.from_compositions([compositions[i] for i in idx]).to(device)
         sampled = model.sample(batch, steps, guidance, scale, generator, sampling, compile=compile)
         for i, structure in zip(idx, sampled.to_structures(), strict=True):

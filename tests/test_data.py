@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from dao_core.data import (
     right_handed_structure,
     save_records,
     save_split,
+    size_buckets,
     split_records,
 )
 from dao_core.errors import DAOInputError
@@ -336,3 +338,18 @@ def test_load_csv_mp20_val_and_cache(datasets_dir: Path, tmp_path: Path) -> None
     # the canonical cell matches the CIF's structure
     raw = Structure.from_str(frame["cif"][0], fmt="cif")
     assert records[0].to_structure().volume == pytest.approx(raw.volume, rel=1e-5)
+
+
+def test_size_buckets_cut_padding_and_keep_every_index() -> None:
+    # carbon-24's validation sizes: 6-24 atoms, most of them small
+    counts = {6: 671, 8: 559, 10: 309, 12: 231, 14: 95, 16: 76, 18: 50, 20: 18, 22: 16, 24: 7}
+    sizes = np.random.default_rng(0).permutation(np.repeat(list(counts), list(counts.values())))
+    buckets = size_buckets(sizes, batch_size=1000)
+    assert sorted(np.concatenate(buckets).tolist()) == list(range(len(sizes)))
+    assert all(len(b) <= 1000 for b in buckets)
+    assert all(sizes[a].max() <= sizes[b].min() for a, b in itertools.pairwise(buckets))
+    padded = sum(len(b) * sizes[b].max() for b in buckets)
+    assert padded < 0.5 * len(sizes) * sizes.max()  # one padded batch: 48,768 rows
+    one_shape = size_buckets(sizes, batch_size=4096, batch_cost=np.inf)
+    assert len(one_shape) == 1 and len(one_shape[0]) == len(sizes)
+    assert [len(b) for b in size_buckets([3, 1, 2, 1], batch_size=2, batch_cost=0)] == [2, 1, 1]

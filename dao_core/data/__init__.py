@@ -6,7 +6,7 @@ A crystal is (A, L, X): atomic numbers, a 3x3 lattice with one lattice vector pe
 fractional coordinates in [0, 1). Batches are dense and padded (atom type 0 = padding).
 """
 
-from dao_core.data.batches import CrystalBatch, bucketed_batches
+from dao_core.data.batches import CrystalBatch, bucketed_batches, size_buckets
 from dao_core.data.compositions import MAX_ATOMS, parse_composition
 from dao_core.data.files import (
     default_cache_dir,
@@ -30,6 +30,7 @@ __all__ = [
     "CrystalBatch",
     "CrystalRecord",
     "bucketed_batches",
+    "size_buckets",
     "canonicalize",
     "default_cache_dir",
     "held_out_ids",
