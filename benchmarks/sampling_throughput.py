@@ -40,15 +40,17 @@ from materialised import materialised_forward  # noqa: E402 (the test reference)
 
 IMPLEMENTATIONS = {
     # name: (factorised attention, CUDA graph, torch.compile, fused Triton attention kernel:
-    # 0 off, 1 one crystal per program, 2 small cells stacked in one tile, the default)
-    "materialised + eager loop (before)": (False, False, False, 0),
-    "factorised + eager loop": (True, False, False, 0),
-    "factorised + CUDA graph": (True, True, False, 0),
-    "factorised + CUDA graph + compile": (True, True, True, 0),
-    "materialised + CUDA graph + compile": (False, True, True, 0),
-    "fused kernel, one crystal per program + CUDA graph": (True, True, False, 1),
-    "fused kernel + CUDA graph": (True, True, False, 2),
-    "fused kernel + CUDA graph + compile": (True, True, True, 2),
+    # None off, else its STACK_ROWS: 0 one crystal per program, 16 or 32 rows of small cells
+    # stacked in one tile, 32 the default)
+    "materialised + eager loop (before)": (False, False, False, None),
+    "factorised + eager loop": (True, False, False, None),
+    "factorised + CUDA graph": (True, True, False, None),
+    "factorised + CUDA graph + compile": (True, True, True, None),
+    "materialised + CUDA graph + compile": (False, True, True, None),
+    "fused kernel, one crystal per program + CUDA graph": (True, True, False, 0),
+    "fused kernel, 16-row tiles + CUDA graph": (True, True, False, 16),
+    "fused kernel + CUDA graph": (True, True, False, 32),
+    "fused kernel + CUDA graph + compile": (True, True, True, 32),
 }
 
 
@@ -110,8 +112,8 @@ def main() -> None:
                     ):
                         continue
                     try:  # one failing implementation must not lose the other rows
-                        os.environ["DAO_FUSED_ATTENTION"] = "1" if fused else "0"
-                        fused_attention.STACK_ROWS = 32 if fused == 2 else 0
+                        os.environ["DAO_FUSED_ATTENTION"] = "0" if fused is None else "1"
+                        fused_attention.STACK_ROWS = fused or 0
                         forward = (
                             model.net if factorised else partial(materialised_forward, model.net)
                         )
