@@ -17,8 +17,8 @@ from pymatgen.core import Structure
 import dao_core
 from dao_core.checkpoint import default_device, load_model
 from dao_core.dao import DAOModel
-from dao_core.data import CrystalBatch, parse_composition, size_buckets
-from dao_core.data.batches import BATCH_COST_ROWS
+from dao_core.data import CrystalBatch, parse_composition
+from dao_core.data.batches import BATCH_COST_ROWS, size_buckets
 from dao_core.diffusion import SamplerSettings
 from dao_core.errors import DAOInputError
 

@@ -88,16 +88,14 @@ class WeightAverage:
     def __init__(self, model: DAOModel, decay: float) -> None:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
-
-    def _pairs(self, model: DAOModel) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         own = [*self.model.parameters(), *self.model.buffers()]
-        new = [t.detach() for t in (*model.parameters(), *model.buffers())]
-        floats = [i for i, t in enumerate(own) if t.is_floating_point()]
-        return [own[i] for i in floats], [new[i] for i in floats]
+        self._floats = [i for i, t in enumerate(own) if t.is_floating_point()]
+        self._own = [own[i] for i in self._floats]
 
     @torch.no_grad()
     def update(self, model: DAOModel) -> None:
-        torch._foreach_lerp_(*self._pairs(model), 1.0 - self.decay)
+        new = [*model.parameters(), *model.buffers()]
+        torch._foreach_lerp_(self._own, [new[i] for i in self._floats], 1.0 - self.decay)
 
 
 def progress(step: int, elapsed: float, cfg: TrainConfig) -> float:
@@ -262,9 +260,10 @@ def train(
     else:
         model = build_model(cfg, train_records)
     model.to(device)
-    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
     if cfg.kind == "dao-p":
         model.label.loss = cfg.energy_loss  # type: ignore[assignment]
+    # After the label is set: the average is a copy, and it is what validates and ships.
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
     module: nn.Module = _Loss(model)
     if world > 1:
         module = nn.parallel.DistributedDataParallel(

@@ -144,7 +144,7 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path: Path) -> None:
 DDP_SCRIPT = """
 import os, sys, torch
 from dao_core.data import CrystalBatch, load_csv
-from dao_core.train import TrainConfig, WeightAverage, train
+from dao_core.train import TrainConfig, train
 
 ids = {"mp-1958", "mp-2568", "mp-11541", "mp-2755", "mp-980", "mp-11454"}
 records = [r for r in load_csv(sys.argv[1]) if r.material_id in ids]

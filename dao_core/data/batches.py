@@ -200,15 +200,17 @@ def size_buckets(
         n = int(ends[j] - starts[i])
         return -(-n // batch_size) * batch_cost + n * float(values[j])
 
+    # cut[j]: the first group of the last bucket in the cheapest split of groups 0..j-1
     best = [0.0] + [np.inf] * len(values)
-    cut = [0] * (len(values) + 1)  # stays 0 with an infinite batch_cost: one run of sizes
-    for j in range(len(values) if np.isfinite(batch_cost) else 0):
-        for i in range(j + 1):
-            c = best[i] + cost(i, j)
-            if c < best[j + 1]:
-                best[j + 1], cut[j + 1] = c, i
+    cut = [0] * (len(values) + 1)
+    if np.isfinite(batch_cost):
+        for j in range(len(values)):
+            for i in range(j + 1):
+                c = best[i] + cost(i, j)
+                if c < best[j + 1]:
+                    best[j + 1], cut[j + 1] = c, i
     bounds, j = [], len(values)
-    while j > 0:
+    while j > 0:  # with an infinite batch_cost every cut is 0: one run of all sizes
         bounds.append((int(starts[cut[j]]), int(ends[j - 1])))
         j = cut[j]
     return [
