@@ -31,6 +31,9 @@ import triton.language as tl
 MAX_ATOMS = 32
 # Rows of a stacked tile (0: one crystal per program, as first timed; benchmarks compare both).
 STACK_ROWS = 32
+# Launch options (Triton's defaults on sm_90; benchmarks/attention_kernel_sweep.py times others).
+NUM_WARPS = 4
+NUM_STAGES = 3
 
 
 def enabled(x: torch.Tensor) -> bool:
@@ -189,6 +192,7 @@ def attention_messages(
         shift_vec.float().contiguous(), mask.to(torch.int8).contiguous(), out,
         n, b * n, group, heads, 1 / math.sqrt(dim),
         **sizes, PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     return out
 

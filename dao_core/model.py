@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from dao_core.elements import element_table
 
@@ -144,8 +145,12 @@ class GatedResidual(nn.Module):
         self.gate = nn.Linear(3 * hidden, 1)
 
     def forward(self, h: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-        g = torch.sigmoid(self.gate(torch.cat([h, update, h - update], dim=-1)))
-        return g * h + (1 - g) * update
+        # w.[h, h', h - h'] = (w_1 + w_3).h + (w_2 - w_3).h': the same gate without building
+        # the (..., 3H) concatenation (a memory pass per layer when sampling).
+        w_h, w_update, w_diff = self.gate.weight.chunk(3, dim=-1)
+        logit = F.linear(h, w_h + w_diff, self.gate.bias) + F.linear(update, w_update - w_diff)
+        g = torch.sigmoid(logit).to(update.dtype)
+        return torch.lerp(update, h.to(update.dtype), g)  # g*h + (1-g)*h'
 
 
 class CrysformerLayer(nn.Module):

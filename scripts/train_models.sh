@@ -134,12 +134,13 @@ evaluate_families() {
 block6() {
     # Block 6 (prepared 2026-12-07): DAO-G continued from the shipped dao-g-base (block 4,
     # whose validation loss was still falling) on the same corpus and batch, BUDGET seconds
-    # in one device call (work left in the background of a call does not survive it), then
-    # fp16 export and mp20like @1 over seeds 0-2 beside the shipped model, @20 on 400.
+    # in one device call (work left in the background of a call does not survive it), with an
+    # exponential moving average of the weights as "final"; then fp16 export and mp20like @1
+    # over seeds 0-2 beside the shipped model, @20 on 400.
     local data=$PRE/le20.npz,$PRE/perov5.npz,$PRE/carbon24.npz  # DAO-G uses no label
     $DAO train --model dao-g --init dao-g-base --data "$data" --split $SPLIT --steps 10000000 \
         --time-budget "${BUDGET:-420}" --out "$RUNS/g5" --batch-size 2048 --lr 3e-4 \
-        --warmup 200 --eval-every 500
+        --warmup 200 --eval-every 500 --ema-decay 0.999
     export_fp16 "$RUNS/g5/final" "$RUNS/g5-fp16"
     local v="python benchmarks/validation_suite.py --split $SPLIT --set mp20like=$PRE/le20.npz:mp20like"
     $v --model "block6=$RUNS/g5-fp16" --model shipped=dao-g-base --sampler default --seeds 0,1,2 \

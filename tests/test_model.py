@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dao_core.elements import N_FEATURES, element_table
-from dao_core.model import Crysformer, CrysformerConfig
+from dao_core.model import Crysformer, CrysformerConfig, GatedResidual
 
 TOL = 1e-9  # float64 throughout: symmetries must hold to round-off
 
@@ -104,3 +104,17 @@ def test_element_descriptors_are_chemical() -> None:
     assert dist(14, 32) < dist(14, 56)  # Si-Ge < Si-Ba
     with pytest.raises(ValueError, match="element encoding"):
         Crysformer(CrysformerConfig.preset("tiny", "one-hot"))
+
+
+def test_gated_residual_is_the_concatenated_gate() -> None:
+    """The gate split into per-input weights equals sigmoid(w.[h, h', h - h'] + b) mixing, values
+    and gradients, in float64."""
+    torch.manual_seed(3)
+    res = GatedResidual(16).double()
+    h, update = torch.randn(2, 5, 16, dtype=torch.float64, requires_grad=True).unbind(0)
+    g = torch.sigmoid(res.gate(torch.cat([h, update, h - update], dim=-1)))
+    expected = g * h + (1 - g) * update
+    out = res(h, update)
+    assert torch.allclose(out, expected, atol=TOL)
+    grad = torch.autograd.grad(out.square().sum(), res.gate.weight)[0]
+    assert torch.allclose(grad, torch.autograd.grad(expected.square().sum(), res.gate.weight)[0])
