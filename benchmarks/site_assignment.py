@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from collections import Counter
 
 import numpy as np
 import torch
 from pymatgen.analysis.structure_matcher import FrameworkComparator, StructureMatcher
+from pymatgen.core import Composition
 from rich.console import Console
 from rich.table import Table
 
 from dao_core.checkpoint import load_model
 from dao_core.csp import sample_batch, score_energy
-from dao_core.data import held_out_ids, load_csv
+from dao_core.data import CrystalRecord, held_out_ids, load_csv
 from dao_core.metrics import MATCHER_KWARGS, match
 
 
@@ -45,8 +47,8 @@ def main() -> None:
     keep = held_out_ids(args.split)
     every = load_csv(args.data)
     records = [r for r in every if r.material_id in keep]
-    trained = {composition_key(r.atomic_numbers) for r in every if r.material_id not in keep}
-    twin = np.array([composition_key(r.atomic_numbers) in trained for r in records])
+    trained = {reduced_formula(r) for r in every if r.material_id not in keep}
+    twin = np.array([reduced_formula(r) in trained for r in records])
     refs = [r.to_structure() for r in records]
     model = load_model(args.model, device=args.device)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
@@ -86,11 +88,8 @@ def main() -> None:
     Console().print(table)
 
 
-def composition_key(numbers: np.ndarray) -> tuple[tuple[int, int], ...]:
-    """The reduced composition as sorted (Z, count) pairs."""
-    z, count = np.unique(np.asarray(numbers), return_counts=True)
-    g = np.gcd.reduce(count)
-    return tuple(zip(z.tolist(), (count // g).tolist(), strict=True))
+def reduced_formula(record: CrystalRecord) -> str:
+    return Composition(Counter(record.atomic_numbers.tolist())).reduced_formula
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ class GatedResidual(nn.Module):
         w_h, w_update, w_diff = self.gate.weight.chunk(3, dim=-1)
         logit = F.linear(h, w_h + w_diff, self.gate.bias) + F.linear(update, w_update - w_diff)
         g = torch.sigmoid(logit).to(update.dtype)
-        return torch.lerp(update, h.to(update.dtype), g)  # g*h + (1-g)*h'
+        return torch.lerp(update, h.to(update.dtype), g)  # g*h + (1-g)*h'; lerp wants one dtype
 
 
 class CrysformerLayer(nn.Module):

@@ -19,8 +19,10 @@ leaves a document that points at missing data.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +206,16 @@ def describe_store(store: JobStore) -> str:
 def redact(text: str) -> str:
     """``text`` with the password of every ``scheme://user:password@host`` URI in it masked."""
     return re.sub(r"(\w[\w+.-]*://[^:/@\s]+):[^@/\s]+@", r"\1:***@", text)
+
+
+@contextlib.contextmanager
+def closing_connections(store: JobStore) -> Iterator[JobStore]:
+    """``store`` for one command, its connections closed afterwards: jobflow's ``run_locally``
+    connects the store and leaves it open, so a MongoDB client would otherwise live on (and
+    warn) until the garbage collector finds it."""
+    try:
+        yield store
+    finally:
+        for part in (store.docs_store, *store.additional_stores.values()):
+            with contextlib.suppress(Exception):  # never connected (the run failed first)
+                part.close()

@@ -237,8 +237,8 @@ def test_cli_csp_writes_report_and_keeps_warnings_off_the_terminal(dao_env, tmp_
     out = tmp_path / "csp_out"
     args = "csp NaCl --n 1 --n-random 2 --n-template 1 --steps 10 --formula-units 2 --seed 5 "
     args += "--relax-steps 20 --fmax 0.1 --device cpu --xrd-top 3"
-    # Earlier tests' garbage (e.g. an unclosed MongoClient, whose ResourceWarning Python's
-    # default filters hide) is collected now, not during the run whose terminal is checked.
+    # Earlier tests' garbage (third-party objects whose ResourceWarnings Python's default
+    # filters hide) is collected now, not during the run whose terminal is checked.
     gc.collect()
     with warnings.catch_warnings():
         warnings.simplefilter("always")

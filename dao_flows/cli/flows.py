@@ -196,14 +196,15 @@ def csp(
     from dao_flows.queries import dft_verifications, write_structures
     from dao_flows.report import LOG_FILE, write_report
     from dao_flows.schemas import CSPResultDoc
-    from dao_flows.stores import describe_store, get_store
+    from dao_flows.stores import closing_connections, describe_store, get_store
 
     flow = dao_csp_flow(formula, **options)  # validates the input before any job runs
     store = get_store()
     where = describe_store(store)
     out_dir = out or Path(f"dao_csp_{formula}")
     console.print(f"run {flow.uuid} -> {where} (an interrupted run is not resumed: run again)")
-    with library_output_to(out_dir / LOG_FILE, console=console) as log:
+    log_to = library_output_to(out_dir / LOG_FILE, console=console)
+    with closing_connections(store), log_to as log:
         result, failures = _run_with_progress(flow, store, formula)
         if result is None:
             console.print(
