@@ -18,6 +18,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from dao_core.dao import DAOModel
+from dao_core.data import CrystalBatch
 from dao_core.diffusion import SamplerSettings, sample
 from dao_core.model import CrysformerConfig, CrysformerOutput
 
@@ -40,7 +41,7 @@ def main() -> None:
 
     def net(frac: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor) -> CrysformerOutput:
         with torch.autocast("cuda", torch.bfloat16):
-            out = model.net(types, frac, lattice, mask, t)
+            out = model.net(CrystalBatch(types, frac, lattice, mask), t)
         return CrysformerOutput(*(x.float() for x in out))
 
     def run(graph: bool) -> float:

@@ -32,6 +32,7 @@ from rich.table import Table
 
 from dao_core import fused_attention
 from dao_core.dao import DAOModel
+from dao_core.data import CrystalBatch
 from dao_core.diffusion import SamplerSettings, sample
 from dao_core.model import CrysformerConfig, CrysformerOutput
 
@@ -122,7 +123,7 @@ def main() -> None:
 
                         def net(f, lat, tt, forward=forward):  # type: ignore[no-untyped-def]
                             with amp:
-                                out = forward(types, f, lat, mask, tt)  # noqa: B023
+                                out = forward(CrystalBatch(types, f, lat, mask), tt)  # noqa: B023
                             return CrysformerOutput(*(x.float() for x in out))
 
                         compile_s = 0.0

@@ -68,7 +68,7 @@ class DAOModel(nn.Module):
 
     def forward(self, batch: CrystalBatch, t: torch.Tensor) -> CrysformerOutput:
         """Scores (and DAO-P energies) of ``batch`` at noise steps ``t`` (B,)."""
-        return self.net(batch.atom_types, batch.frac, batch.lattice, batch.mask, t)
+        return self.net(batch, t)
 
     def loss(self, batch: CrystalBatch) -> dict[str, torch.Tensor]:
         """Diffusion losses (+ the energy loss for DAO-P on the noised structure, clean label)."""
@@ -176,7 +176,7 @@ class DAOModel(nn.Module):
             frac: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor
         ) -> CrysformerOutput:
             with amp:
-                out = net(batch.atom_types, frac, lattice, batch.mask, t)
+                out = net(replace(batch, frac=frac, lattice=lattice), t)
             return CrysformerOutput(*(x.float() for x in out))
 
         energy_fn = None

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from pymatgen.core import Element
 
+MAX_Z = 100  # the heaviest element the models embed (Fm)
 GROUPS, PERIODS, BLOCKS = 18, 7, ("s", "p", "d", "f")
 PROPERTIES = (
     "electronegativity", "atomic_radius", "ionisation_energy", "electron_affinity",

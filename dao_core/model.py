@@ -18,14 +18,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dao_core.elements import element_table
+from dao_core.data.batches import CrystalBatch
+from dao_core.elements import MAX_Z, element_table
 
 try:  # the one-kernel attention for GPU inference (needs triton)
     from dao_core import fused_attention
 except ImportError:
     fused_attention = None
-
-MAX_Z = 100
 
 
 @dataclass(frozen=True)
@@ -260,15 +259,10 @@ class Crysformer(nn.Module):
             nn.Linear(cfg.hidden, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, 1)
         )
 
-    def encode(
-        self,
-        atom_types: torch.Tensor,
-        frac: torch.Tensor,
-        lattice: torch.Tensor,
-        mask: torch.Tensor,
-        t: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-atom features (B, N, H) and mask-aware mean-pooled crystal features (B, H)."""
+    def encode(self, batch: CrystalBatch, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom features (B, N, H) and mask-aware mean-pooled crystal features (B, H) of
+        ``batch`` at noise steps ``t`` (B,)."""
+        atom_types, frac, lattice, mask = batch.atom_types, batch.frac, batch.lattice, batch.mask
         b, n = atom_types.shape
         time = sinusoidal_embedding(t, self.cfg.time_dim)[:, None].expand(b, n, -1)
         h = self.node_in(torch.cat([self.element(atom_types), time], dim=-1))
@@ -285,16 +279,9 @@ class Crysformer(nn.Module):
         pooled = h.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return h, pooled
 
-    def forward(
-        self,
-        atom_types: torch.Tensor,
-        frac: torch.Tensor,
-        lattice: torch.Tensor,
-        mask: torch.Tensor,
-        t: torch.Tensor,
-    ) -> CrysformerOutput:
-        h, pooled = self.encode(atom_types, frac, lattice, mask, t)
-        coord = self.coord_head(h) * mask[..., None]
-        lattice_eps = self.lattice_head(pooled).view(-1, 3, 3) @ lattice  # eps_L = M . L
+    def forward(self, batch: CrystalBatch, t: torch.Tensor) -> CrysformerOutput:
+        h, pooled = self.encode(batch, t)
+        coord = self.coord_head(h) * batch.mask[..., None]
+        lattice_eps = self.lattice_head(pooled).view(-1, 3, 3) @ batch.lattice  # eps_L = M . L
         energy = self.energy_head(pooled).squeeze(-1)
         return CrysformerOutput(coord, lattice_eps, energy)

@@ -94,7 +94,7 @@ class PropertyHead(nn.Module):
 def pooled(net: Crysformer, batch: CrystalBatch) -> torch.Tensor:
     """Mean-pooled crystal features (B, H) of ``batch`` at the clean step."""
     t = torch.full((batch.batch_size,), CLEAN_STEP, dtype=torch.long, device=batch.mask.device)
-    return net.encode(batch.atom_types, batch.frac, batch.lattice, batch.mask, t)[1]
+    return net.encode(batch, t)[1]
 
 
 def features(

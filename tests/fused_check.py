@@ -32,9 +32,9 @@ class CountingKernel:
 kernel = fused_attention._attention_kernel
 with torch.no_grad():
     with mock.patch.object(fused_attention, "enabled", return_value=False):
-        ref = net(**x)
+        ref = net(*x)
     with mock.patch.object(fused_attention, "_attention_kernel", CountingKernel()):
-        out = (torch.compile(net, fullgraph=True) if compiled else net)(**x)
+        out = (torch.compile(net, fullgraph=True) if compiled else net)(*x)
 print(
     json.dumps(
         {

@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from dao_core.data import CrystalBatch
 from dao_core.model import Crysformer, CrysformerLayer, CrysformerOutput, sinusoidal_embedding
 
 
@@ -34,15 +35,9 @@ def materialised_layer(
     return layer.res_ff(h, layer.ff(layer.norm_ff(h)))
 
 
-def materialised_forward(
-    net: Crysformer,
-    atom_types: torch.Tensor,
-    frac: torch.Tensor,
-    lattice: torch.Tensor,
-    mask: torch.Tensor,
-    t: torch.Tensor,
-) -> CrysformerOutput:
+def materialised_forward(net: Crysformer, batch: CrystalBatch, t: torch.Tensor) -> CrysformerOutput:
     """Crysformer.forward as trained: the edge tensor built, normalised and projected."""
+    atom_types, frac, lattice, mask = batch.atom_types, batch.frac, batch.lattice, batch.mask
     b, n = atom_types.shape
     time = sinusoidal_embedding(t, net.cfg.time_dim)[:, None].expand(b, n, -1).to(frac.dtype)
     h = net.node_in(torch.cat([net.element(atom_types), time], dim=-1))

@@ -16,22 +16,25 @@ import torch
 from materialised import materialised_forward
 
 from dao_core.checkpoint import load_model
+from dao_core.data import CrystalBatch
 from dao_core.model import Crysformer, CrysformerConfig
 
 
-def random_crystals(seed: int, dtype: torch.dtype, b: int = 4, n: int = 9) -> dict:
+def random_crystals(
+    seed: int, dtype: torch.dtype, b: int = 4, n: int = 9
+) -> tuple[CrystalBatch, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(b, n, dtype=torch.bool)
     mask[1, 6:] = False  # padding in two crystals
     mask[3, 2:] = False
     lattice = 3 * torch.eye(3) + 2 * torch.rand(b, 3, 3, generator=g)
-    return dict(
+    batch = CrystalBatch(
         atom_types=torch.randint(1, 90, (b, n), generator=g) * mask,
         frac=torch.rand(b, n, 3, generator=g).to(dtype),
         lattice=lattice.to(dtype),
         mask=mask,
-        t=torch.randint(1, 1001, (b,), generator=g),
     )
+    return batch, torch.randint(1, 1001, (b,), generator=g)
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -54,7 +57,7 @@ def test_factorised_equals_materialised_in_float64(preset: str, seed: int) -> No
     randomise_norm(net, seed)
     x = random_crystals(seed, torch.float64)
     with torch.no_grad():
-        out, ref = net(**x), materialised_forward(net, **x)
+        out, ref = net(*x), materialised_forward(net, *x)
     for got, want in zip(out, ref, strict=True):
         assert relative_error(got, want) < 1e-12
 
@@ -65,7 +68,7 @@ def test_bundled_model_float32_matches_within_round_off(seed: int) -> None:
     net = load_model("dao-g-base", device="cpu").net
     x = random_crystals(seed, torch.float32, b=6, n=12)
     with torch.no_grad():
-        out, ref = net(**x), materialised_forward(net, **x)
+        out, ref = net(*x), materialised_forward(net, *x)
     for got, want in zip(out, ref, strict=True):
         assert relative_error(got, want) < 1e-4
     assert torch.all(out.coord[3, 2:] == 0)  # padded atoms stay silent

@@ -1,8 +1,11 @@
 """Crysformer symmetries: O(3) on the lattice, atom permutations, periodic shifts, padding."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
+from dao_core.data import CrystalBatch
 from dao_core.elements import N_FEATURES, element_table
 from dao_core.model import Crysformer, CrysformerConfig, GatedResidual
 
@@ -16,7 +19,7 @@ def net(request: pytest.FixtureRequest) -> Crysformer:
 
 
 @pytest.fixture(scope="module")
-def crystal() -> dict[str, torch.Tensor]:
+def crystal() -> tuple[CrystalBatch, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     b, n = 3, 7
     mask = torch.ones(b, n, dtype=torch.bool)
@@ -25,7 +28,7 @@ def crystal() -> dict[str, torch.Tensor]:
     frac = torch.rand(b, n, 3, generator=g, dtype=torch.float64)
     lattice = 4 * torch.eye(3, dtype=torch.float64) + torch.randn(b, 3, 3, generator=g).double()
     t = torch.tensor([1, 500, 1000])
-    return dict(atom_types=atom_types, frac=frac, lattice=lattice, mask=mask, t=t)
+    return CrystalBatch(atom_types, frac, lattice, mask), t
 
 
 def random_orthogonal(seed: int) -> torch.Tensor:
@@ -36,46 +39,52 @@ def random_orthogonal(seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_rotation_and_reflection(net: Crysformer, crystal: dict, seed: int) -> None:
+def test_rotation_and_reflection(net: Crysformer, crystal: tuple, seed: int) -> None:
     q = random_orthogonal(seed)
     if seed == 2:  # include an improper rotation (reflection)
         q = q @ torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
-    ref = net(**crystal)
-    rot = net(**{**crystal, "lattice": crystal["lattice"] @ q.T})
+    batch, t = crystal
+    ref = net(batch, t)
+    rot = net(replace(batch, lattice=batch.lattice @ q.T), t)
     torch.testing.assert_close(rot.coord, ref.coord, atol=TOL, rtol=0)
     torch.testing.assert_close(rot.energy, ref.energy, atol=TOL, rtol=0)
     # The lattice output rotates with L: eps(L Q^T) = eps(L) Q^T.
     torch.testing.assert_close(rot.lattice, ref.lattice @ q.T, atol=TOL, rtol=0)
 
 
-def test_permutation(net: Crysformer, crystal: dict) -> None:
-    n = crystal["frac"].shape[1]
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(3))
-    permuted = {
-        k: (v[:, perm] if k in ("atom_types", "frac", "mask") else v) for k, v in crystal.items()
-    }
-    ref, out = net(**crystal), net(**permuted)
+def test_permutation(net: Crysformer, crystal: tuple) -> None:
+    batch, t = crystal
+    perm = torch.randperm(batch.frac.shape[1], generator=torch.Generator().manual_seed(3))
+    permuted = replace(
+        batch,
+        atom_types=batch.atom_types[:, perm],
+        frac=batch.frac[:, perm],
+        mask=batch.mask[:, perm],
+    )
+    ref, out = net(batch, t), net(permuted, t)
     torch.testing.assert_close(out.coord, ref.coord[:, perm], atol=TOL, rtol=0)
     torch.testing.assert_close(out.energy, ref.energy, atol=TOL, rtol=0)
     torch.testing.assert_close(out.lattice, ref.lattice, atol=TOL, rtol=0)
 
 
-def test_periodic_translation(net: Crysformer, crystal: dict) -> None:
+def test_periodic_translation(net: Crysformer, crystal: tuple) -> None:
+    batch, t = crystal
     shift = torch.tensor([0.37, -0.81, 2.25], dtype=torch.float64)
-    moved = {**crystal, "frac": torch.remainder(crystal["frac"] + shift, 1.0)}
-    ref, out = net(**crystal), net(**moved)
+    moved = replace(batch, frac=torch.remainder(batch.frac + shift, 1.0))
+    ref, out = net(batch, t), net(moved, t)
     # Fourier features are periodic, so wrapping changes only round-off.
     torch.testing.assert_close(out.coord, ref.coord, atol=1e-8, rtol=0)
     torch.testing.assert_close(out.energy, ref.energy, atol=1e-8, rtol=0)
     torch.testing.assert_close(out.lattice, ref.lattice, atol=1e-8, rtol=0)
 
 
-def test_padding_does_not_leak(net: Crysformer, crystal: dict) -> None:
+def test_padding_does_not_leak(net: Crysformer, crystal: tuple) -> None:
     """Crystal 1 has 5 real atoms; the same crystal alone, unpadded, gives the same outputs."""
-    alone = {
-        k: v[1:2, :5] if v.dim() > 1 and k != "lattice" else v[1:2] for k, v in crystal.items()
-    }
-    ref, out = net(**crystal), net(**alone)
+    batch, t = crystal
+    alone = CrystalBatch(
+        batch.atom_types[1:2, :5], batch.frac[1:2, :5], batch.lattice[1:2], batch.mask[1:2, :5]
+    )
+    ref, out = net(batch, t), net(alone, t[1:2])
     torch.testing.assert_close(out.coord[0], ref.coord[1, :5], atol=TOL, rtol=0)
     torch.testing.assert_close(out.energy[0], ref.energy[1], atol=TOL, rtol=0)
     assert torch.all(ref.coord[1, 5:] == 0)

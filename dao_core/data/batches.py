@@ -10,8 +10,8 @@ import torch
 from pymatgen.core import Lattice, Structure
 
 from dao_core.data.records import CrystalRecord, record_from_structure, right_handed
+from dao_core.elements import MAX_Z
 from dao_core.errors import DAOInputError
-from dao_core.model import MAX_Z
 
 
 @dataclass

@@ -7,8 +7,8 @@ import re
 import numpy as np
 from pymatgen.core import Composition, Element
 
+from dao_core.elements import MAX_Z
 from dao_core.errors import DAOInputError
-from dao_core.model import MAX_Z
 
 MAX_ATOMS = 100  # the largest cell DAO-G samples and trains on
 _ZERO_AMOUNT = re.compile(r"([A-Z][a-z]?)0+(?:\.0*)?(?![\d.])")
