@@ -1,4 +1,6 @@
-"""DAO CSP workflow: makers, flow, ranking, failure isolation, re-runs, CLI.
+"""DAO CSP workflow as whole flows: failure isolation, re-runs, sanity flags, DFT hooks, user
+structures, SevenNet re-ranking (one maker at a time: test_makers.py; the command line:
+test_cli.py).
 
 Real components throughout: DAO-G/DAO-P checkpoints (tiny, untrained: their samples are
 rejected as exploded cells, which exercises the rejection path), pyxtal candidates, CHGNet
@@ -8,27 +10,17 @@ relaxations (few steps), the embedded MontyDB store in a temporary folder.
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass
 
-import numpy as np
 import pytest
+from csp_inputs import SMALL, cscl, rocksalt
 from jobflow import Maker, job, run_locally
 from pymatgen.core import Lattice, Structure
-from typer.testing import CliRunner
 
 from dao_core.errors import DAOInputError
-from dao_flows.flows import dao_csp_batch_flow, dao_csp_flow
-from dao_flows.generation import DAOGenerationMaker, check_structure
+from dao_flows.flows import dao_csp_flow
 from dao_flows.queries import export_structures, get_result, list_runs
-from dao_flows.ranking import RankingMaker, sanity_issue
-from dao_flows.relax import (
-    BatchedRelaxMaker,
-    batched_fire_relax,
-    default_relax_maker,
-    load_chgnet,
-)
-from dao_flows.schemas import CandidateDoc, CSPResultDoc, GenerationDoc
+from dao_flows.schemas import CandidateDoc, CSPResultDoc
 from dao_flows.stores import get_store
 from dao_flows.testing import nan_structure
 
@@ -42,222 +34,6 @@ class EchoDFTMaker(Maker):
     @job
     def make(self, structure: Structure) -> dict:
         return {"nsites": len(structure), "formula": structure.composition.reduced_formula}
-
-
-# CHGNet's ranking alone (refine_top=0); the re-ranking has its own test below.
-SMALL = dict(
-    n=2,
-    n_random=3,
-    n_template=0,
-    steps=20,
-    formula_units=2,
-    seed=11,
-    relax_steps=25,
-    fmax=0.1,
-    refine_top=0,
-)
-
-
-@pytest.fixture(scope="module")
-def chgnet():
-    return load_chgnet("cpu")
-
-
-def rocksalt(a: float = 5.64) -> Structure:
-    return Structure.from_spacegroup(
-        "Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
-    )
-
-
-def cscl(a: float = 3.4) -> Structure:
-    return Structure(Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-
-
-# --------------------------------------------------------------------------- input validation
-
-
-@pytest.mark.parametrize(
-    "formula, options, message",
-    [
-        ("Na-Cl!!", {}, "formula"),
-        ("XqO2", {}, "formula"),  # unknown element
-        ("Xx2O", {}, "element"),  # dummy species
-        ("C120", {}, "atoms"),  # > 100 atoms
-        ("NaCl", {"formula_units": 60}, "atoms"),
-        ("NaCl", {"n": 0}, "at least 1"),
-        ("NaCl", {"n_random": -1}, ">= 0"),
-        ("", {}, "formula"),
-    ],
-)
-def test_invalid_input_raises_before_any_job(formula, options, message, dao_env, monkeypatch):
-    built = []
-    monkeypatch.setattr(DAOGenerationMaker, "make", lambda *a, **k: built.append(a))
-    with pytest.raises(DAOInputError, match=message):
-        dao_csp_flow(formula, **options)
-    assert built == []  # validation happened before the first job was created
-
-
-def test_batch_flow_validates_every_formula_first(dao_env):
-    with pytest.raises(DAOInputError, match="Qq"):
-        dao_csp_batch_flow(["NaCl", "QqO"], n=1)
-    with pytest.raises(DAOInputError):
-        dao_csp_batch_flow([])
-
-
-def test_check_structure_flags_overlap_nan_and_collapse():
-    ok = rocksalt()
-    assert check_structure(ok)[0] is None
-    overlap = Structure(Lattice.cubic(4), ["Na", "Cl"], [[0, 0, 0], [0.02, 0, 0]])
-    assert "overlapping atoms" in check_structure(overlap)[0]
-    assert "non-finite" in check_structure(nan_structure())[0]
-    collapsed = Structure(Lattice.cubic(1.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    assert "collapsed" in check_structure(collapsed)[0]
-    assert check_structure(None)[0] == "no structure was produced"
-    # 6.9 Å apart in an 8 Å cube: each atom is alone within CHGNet's 6 Å graph cutoff.
-    isolated = Structure(Lattice.cubic(8.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    assert check_structure(isolated)[0] == "isolated atoms (2 without a neighbour within 6.0 Å)"
-    assert sanity_issue(isolated, -3.0) == f"relaxed structure: {check_structure(isolated)[0]}"
-    assert sanity_issue(ok, float("nan")) == "non-finite relaxed energy (nan)"
-    assert sanity_issue(ok, -3.6) is None
-
-
-# --------------------------------------------------------------------------- makers
-
-
-def test_generation_maker_records_sources_and_provenance(dao_env):
-    maker = DAOGenerationMaker(n=2, n_random=2, n_template=2, steps=10, seed=3, scale=20.0)
-    doc = maker.make.original(maker, "NaCl", 2)  # the job's function, run in-process
-    assert isinstance(doc, GenerationDoc)
-    assert [c.candidate_id for c in doc.candidates] == [
-        "dao-g-000",
-        "dao-g-001",
-        "pyxtal-000",
-        "pyxtal-001",
-        "template-000",
-        "template-001",
-    ]
-    assert [c.source for c in doc.candidates] == ["dao-g"] * 2 + ["pyxtal"] * 2 + ["template"] * 2
-    rocksalt_template = doc.candidates[4]  # the closest template of NaCl is NaCl itself
-    assert rocksalt_template.metadata["template_formula"] == "NaCl"
-    assert rocksalt_template.metadata["supercell"] == 2 and rocksalt_template.valid
-    assert doc.n_atoms == 4 and doc.reduced_formula == "NaCl"
-    prov = doc.provenance
-    assert prov["seed"] == 3 and prov["steps"] == 10 and prov["pyxtal_seed"] == 4
-    assert len(prov["generator"]["sha256"]) == 64 and len(prov["guidance"]["sha256"]) == 64
-    assert prov["generator"]["sha256"] != prov["guidance"]["sha256"]
-    assert {"torch", "pymatgen", "jobflow", "chgnet", "dao_core"} <= set(prov["versions"])
-    for c in doc.candidates:  # invalid ones carry the raw structure and a reason
-        assert c.valid == (c.issue is None) == (c.structure is not None)
-        assert c.raw_structure is not None
-    assert all(c.valid for c in doc.candidates if c.source == "pyxtal")
-    # Same seed -> same candidates (reproducibility).
-    again = maker.make.original(maker, "NaCl", 2)
-    for a, b in zip(doc.candidates, again.candidates, strict=True):
-        assert np.allclose(a.raw_structure.lattice.matrix, b.raw_structure.lattice.matrix)
-
-
-def test_batched_fire_matches_atomate2_relaxation(chgnet, dao_env):
-    """Same optimiser, same potential: batched FIRE reproduces atomate2's per-structure run."""
-    rng = np.random.default_rng(0)
-    ideal = rocksalt(5.9)
-    start = Structure(
-        ideal.lattice,
-        ideal.species,
-        ideal.cart_coords + rng.normal(0, 0.03, (len(ideal), 3)),
-        coords_are_cartesian=True,
-    )
-    maker = default_relax_maker(fmax=0.05, steps=200)
-    doc = maker.make.original(maker, start)
-    # The same crystal in a left-handed cell: CHGNet's stress flips sign with handedness, which
-    # made such cells collapse before batched FIRE re-expressed them right-handed.
-    mirror = Structure(
-        -start.lattice.matrix, start.species, start.cart_coords, coords_are_cartesian=True
-    )
-    results, stats = batched_fire_relax(
-        [start, nan_structure(), start.copy(), mirror], chgnet, fmax=0.05, steps=200
-    )
-    ref = doc.output.energy / len(start)
-    for r in (results[0], results[2], results[3]):  # the NaN structure changes nothing
-        assert r.converged and r.error is None
-        assert abs(r.energy_per_atom - ref) * 1000 < 1.0  # meV/atom
-        assert abs(r.structure.volume - doc.structure.volume) / doc.structure.volume < 1e-3
-    assert results[1].structure is None and "non-finite" in results[1].error
-    assert stats["model_calls"] >= results[0].n_steps
-
-
-def test_batched_relax_maker_skips_rejected_candidates(dao_env):
-    ok = CandidateDoc(candidate_id="pyxtal-000", index=0, source="pyxtal", structure=rocksalt(5.8))
-    bad = CandidateDoc(
-        candidate_id="dao-g-000", index=1, source="dao-g", valid=False, issue="exploded cell"
-    )
-    maker = BatchedRelaxMaker(fmax=0.1, steps=30, device="cpu")
-    doc = maker.make.original(maker, [ok, bad])
-    relaxed, skipped = doc.results
-    assert relaxed.status == "relaxed" and relaxed.energy_per_atom < -3
-    assert relaxed.energies and relaxed.n_steps <= 30
-    assert skipped.status == "skipped" and "exploded cell" in skipped.reason
-    assert doc.device == "cpu" and doc.n_model_calls >= 1
-
-
-def test_ranking_deduplicates_and_ranks(dao_env):
-    """Ranking on hand-made relaxation outputs: duplicates merged, failures recorded."""
-    nacl = rocksalt()
-    expanded = rocksalt(5.70)  # same structure type, slightly larger: a duplicate
-    cscl = Structure(Lattice.cubic(3.4), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    cands = [
-        CandidateDoc(
-            candidate_id=f"pyxtal-{i:03d}", index=i, source="pyxtal", structure=s, raw_structure=s
-        )
-        for i, s in enumerate([nacl, expanded, cscl, nacl])
-    ]
-    cands.append(
-        CandidateDoc(
-            candidate_id="dao-g-000",
-            index=4,
-            source="dao-g",
-            valid=False,
-            raw_structure=nacl,
-            issue="overlapping atoms (min 0.1 Å)",
-        )
-    )
-    gen = GenerationDoc(
-        formula="NaCl",
-        reduced_formula="NaCl",
-        n_atoms=8,
-        n_dao_g=0,
-        n_random=4,
-        candidates=cands,
-        provenance={},
-        timings={"dao_g_s": 0.1},
-    )
-    docs = [
-        {"structure": nacl.as_dict(), "output": {"energy_per_atom": -3.70}, "state": "successful"},
-        {
-            "structure": expanded.as_dict(),
-            "output": {"energy_per_atom": -3.69},
-            "state": "successful",
-        },
-        {"structure": cscl.as_dict(), "output": {"energy": -3.60 * 2}, "state": "failed"},
-        None,  # a relaxation job that failed
-        None,  # the rejected candidate's slot: no relaxation output
-    ]
-    maker = RankingMaker()
-    jobs = [{"uuid": f"u{i}", "name": f"relax {c.candidate_id}"} for i, c in enumerate(cands)]
-    response = maker.make.original(maker, gen, docs, run_uuid="run-1", relax_jobs=jobs)
-    doc: CSPResultDoc = response.output
-    assert doc.n_candidates == 5 and doc.n_relaxed == 3 and doc.n_unique == 2
-    best, second = doc.polymorphs
-    assert best.spacegroup_symbol == "Fm-3m" and best.spacegroup_number == 225
-    assert best.duplicates == ["pyxtal-001"] and best.e_above_min_meV == 0.0
-    assert second.spacegroup_symbol == "Pm-3m" and second.relax_status == "not converged"
-    assert second.e_above_min_meV == pytest.approx(100.0)
-    assert best.implausible is None and second.implausible == "relaxation did not converge"
-    assert best.dao_p_score is not None  # scored with the (tiny) DAO-P model
-    failed, rejected = doc.failed
-    assert failed.candidate_id == "pyxtal-003" and failed.stage == "relaxation"
-    assert failed.job_uuid == "u3" and "left no output" in failed.reason
-    assert rejected.candidate_id == "dao-g-000" and rejected.stage == "generation"
-    assert rejected.reason == "rejected before relaxation: overlapping atoms (min 0.1 Å)"
 
 
 # --------------------------------------------------------------------------- whole flows
@@ -468,92 +244,6 @@ def test_unguided_flow_skips_dao_p(dao_env):
         dao_csp_flow("NaCl", n=1, model="no-such-model")  # checked before any job exists
 
 
-# --------------------------------------------------------------------------- CLI
-
-
-def test_cli_csp_query_export(dao_env, tmp_path):
-    from dao_flows.cli import app
-
-    runner = CliRunner()
-    out = tmp_path / "csp_out"
-    res = runner.invoke(
-        app,
-        "csp NaCl --n 1 --n-random 2 --n-template 1 --steps 10 --formula-units 2 --seed 5 "
-        "--relax-steps 20 --fmax 0.1 --device cpu".split()
-        + ["--out", str(out)],
-    )
-    assert res.exit_code == 0, res.output
-    assert "unique / 4 candidates" in res.output and "meV/atom" in res.output
-    assert "#225" in res.output or "pyxtal" in res.output
-    assert (out / "energy_ranking.png").stat().st_size > 1000
-    cifs = sorted(out.glob("rank*.cif"))
-    assert cifs and cifs[0].name.startswith("rank01_NaCl")
-
-    res = runner.invoke(app, ["query", "NaCl"])
-    assert res.exit_code == 0, res.output
-    assert "unique / 4 candidates" in res.output and "1 run(s) for NaCl" in res.output
-    res = runner.invoke(app, ["query", "--runs"])
-    assert res.exit_code == 0 and "NaCl" in res.output
-    res = runner.invoke(
-        app, ["export", "NaCl", "--format", "poscar", "--out", str(tmp_path / "poscars")]
-    )
-    assert res.exit_code == 0, res.output
-    assert len(list((tmp_path / "poscars").glob("*.vasp"))) == len(cifs)
-
-    res = runner.invoke(app, ["csp", "Xx2O", "--n", "1"])
-    assert res.exit_code == 2 and "element" in res.output
-    res = runner.invoke(app, ["csp", "NaCl", "--n", "0"])
-    assert res.exit_code == 2 and "at least 1" in res.output
-    res = runner.invoke(app, ["query", "KBr"])
-    assert res.exit_code == 1
-
-
-def test_benchmark_csp_counts_a_template_hit_against_the_relaxed_reference(dao_env):
-    """The end-to-end benchmark on rocksalt NaCl (8-atom conventional cell): the bundled
-    library's rocksalt templates, relaxed and ranked first, match the CHGNet-relaxed reference
-    at both tolerances; the summary counts the hit by its source."""
-    from dao_core.data import CrystalRecord
-    from dao_flows.benchmark_csp import cell_formula, rows_from_json, run_benchmark_csp, to_json
-
-    record = CrystalRecord.from_structure(rocksalt(5.5), material_id="nacl")
-    assert cell_formula(record) == "Na4Cl4"
-    # No random candidates: one relaxing into rocksalt too could represent the group instead.
-    options = dict(n=1, n_random=0, n_template=2, steps=10, seed=0, fmax=0.1)
-    (row,), summary = run_benchmark_csp([record], options, top=5, save_structures=True)
-    assert row.error is None and row.n_atoms == 8
-    assert row.top[0]["rank"] == 1 and row.top[0]["matches"]["cspbench"]
-    assert row.top[0]["source"] == "template" and "cif" in row.top[0] and row.reference_cif
-    assert row.hit_rank["diffcsp"] == 1 and row.hit_rank["cspbench"] == 1
-    assert row.hit_source["diffcsp"] == "template"
-    assert abs(row.e_best_minus_reference_meV) < 5  # the same structure, relaxed alike
-    assert summary["top1_diffcsp"] == 1.0 and summary["top1_by_source_cspbench"] == {"template": 1}
-    # Scored by mix from the same pool: any mix with the templates has the hit; pyxtal (no
-    # candidates here) has none.
-    mixes = row.top1_by_mix["diffcsp"]
-    assert mixes["template"] and mixes["dao-g+template"] and not mixes["pyxtal"]
-    assert summary["top1_by_mix_cspbench"]["template"] == 1.0
-    # A resumed run keeps a finished composition's row instead of running it again.
-    saved = rows_from_json(json.loads(json.dumps(to_json([row], summary, options))))
-    again, _ = run_benchmark_csp([record], options, done=saved)
-    assert again == [row]
-
-
-def test_benchmark_csp_ids_select_and_name_unknown_ones(tmp_path):
-    """``--ids`` picks crystals by material id; an id the data lacks ends the command with its
-    name before anything runs."""
-    from dao_core.data import CrystalRecord
-    from dao_core.data.files import save_records
-    from dao_flows.cli import app
-
-    data = save_records(
-        tmp_path / "two.npz", [CrystalRecord.from_structure(rocksalt(5.6), material_id="nacl")]
-    )
-    ids = tmp_path / "ids.txt"
-    ids.write_text("nacl\nmp-0000\n")
-    res = CliRunner().invoke(app, ["benchmark-csp", "--data", str(data), "--ids", str(ids)])
-    assert res.exit_code == 2 and "mp-0000" in res.output and "nacl," not in res.output
-
-
 def test_user_structures_are_ranked_with_the_generated_ones(dao_env, tmp_path):
     """A user's CIF of rocksalt NaCl (a seed, with the wrong lattice constant) relaxes to the
     CHGNet rocksalt minimum and is ranked, tagged "user", beside the generated candidates in
@@ -578,32 +268,6 @@ def test_user_structures_are_ranked_with_the_generated_ones(dao_env, tmp_path):
         dao_csp_flow("NaCl", **dict(SMALL, structures=[str(wrong)]))
     with pytest.raises(DAOInputError, match="cannot read user structure"):
         dao_csp_flow("NaCl", **dict(SMALL, structures=[str(tmp_path / "missing.cif")]))
-
-
-def test_cli_and_flow_share_the_makers_defaults(monkeypatch):
-    """`dao csp` passes only the options it was given, and dao_csp_flow with none builds the
-    Makers' own defaults: one set of defaults, stated once, in the Makers."""
-    import dao_flows.flows as flows
-    from dao_flows.cli import app
-    from dao_flows.flows import DAOCSPMaker, default_options
-
-    seen = []
-
-    def record(formula, **options):
-        seen.append(options)
-        raise DAOInputError("recorded")  # stop before anything runs
-
-    monkeypatch.setattr(flows, "dao_csp_flow", record)
-    result = CliRunner().invoke(app, ["csp", "NaCl"])
-    assert "recorded" in result.output and seen == [{}]
-    CliRunner().invoke(app, ["csp", "NaCl", "--n", "3", "--guidance", "none"])
-    assert seen[-1] == {"n": 3, "guidance": None}
-    assert DAOCSPMaker.from_options() == DAOCSPMaker()
-    defaults = default_options(DAOCSPMaker())
-    assert defaults["relax_steps"][0] == flows.BatchedRelaxMaker.steps
-    assert defaults["n"][0] == DAOGenerationMaker.n and defaults["relax"][0] == "batched"
-    with pytest.raises(DAOInputError, match="unknown CSP option.*'nn'"):
-        DAOCSPMaker.from_options(nn=3)
 
 
 def test_refine_reranks_the_best_with_sevennet(dao_env, tmp_path):
