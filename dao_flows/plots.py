@@ -45,8 +45,9 @@ def sources_present(polymorphs: list[RankedPolymorph]) -> list[str]:
 
 
 def plot_ranking(result: CSPResultDoc, path: str | Path, top: int | None = 30) -> Path:
-    """Bar chart of E - E_min (meV/atom) per unique polymorph, coloured by source; the legend
-    names only the sources among the plotted polymorphs."""
+    """Bar chart of E - E_min (meV/atom) per unique polymorph, coloured by source, with the
+    re-ranking potential's E - E_min as diamonds on the polymorphs it ordered; the legend names
+    only the sources among the plotted polymorphs."""
     from matplotlib.patches import Patch
 
     plt = pyplot()
@@ -69,11 +70,22 @@ def plot_ranking(result: CSPResultDoc, path: str | Path, top: int | None = 30) -
             ha="right",
             fontsize=8,
         )
-        handles = [Patch(color=SOURCE_COLOURS[s], label=s) for s in sources_present(polys)]
+        handles: list[Any] = [
+            Patch(color=SOURCE_COLOURS[s], label=s) for s in sources_present(polys)
+        ]
         if any(h for h in hatches):
             handles.append(
                 Patch(facecolor="white", edgecolor="black", hatch="//", label="not converged")
             )
+        # The re-ranked top is ordered by the second potential: its own E - E_min beside the bar.
+        reranked = [(i, p.refined_e_above_min_meV) for i, p in enumerate(polys)]
+        reranked = [(i, e) for i, e in reranked if e is not None]
+        if reranked and result.reranked_by:
+            xs, es = zip(*reranked, strict=True)
+            handles.append(
+                ax.scatter(xs, es, marker="D", s=22, color="black", zorder=3,
+                           label=f"{result.reranked_by} (re-ranked)")
+            )  # fmt: skip
         ax.legend(handles=handles, fontsize=8)
     else:
         ax.text(0.5, 0.5, "no relaxed candidates", ha="center", va="center", transform=ax.transAxes)

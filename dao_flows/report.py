@@ -64,12 +64,8 @@ def result_table(result: CSPResultDoc, top: int | None = None) -> Table:
         ("status", {"overflow": "fold"}),
     ):
         table.add_column(col, **kw)
-    refined_by = result.provenance.get("refined_by")
-    if refined_by:
-        table.caption = (
-            f"* re-ranked: {refined_by.get('model', refined_by['force_field_name'])} energy "
-            "above its best of the re-ranked"
-        )
+    if result.reranked_by:
+        table.caption = f"* re-ranked: {result.reranked_by} energy above its best of the re-ranked"
     for p in result.polymorphs[:top] if top else result.polymorphs:
         refined = p.refined_e_above_min_meV
         table.add_row(
@@ -257,6 +253,12 @@ def summary_markdown(
         f"- {result.n_candidates} candidates, {result.n_relaxed} relaxed, "
         f"{result.n_unique} unique, {len(result.failed)} failed",
     ]
+    reranked = [p for p in result.polymorphs if p.refined_e_above_min_meV is not None]
+    if result.reranked_by:
+        lines.append(
+            f"- re-ranking: the best {len(reranked)} relaxed again with {result.reranked_by} "
+            f"and ranked by its energy (ranks 1-{len(reranked)})"
+        )
     if log_file:
         lines.append(f"- library warnings and logs: [{log_file}]({log_file})")
     lines += ["", "## Candidate pool by source", ""]
@@ -267,12 +269,16 @@ def summary_markdown(
     polys = result.polymorphs[:top] if top else result.polymorphs
     lines += ["## Ranked polymorphs", ""]
     names = [Path(c).name for c in cifs]
+    relaxed_by = relax.get("force_field_name", "CHGNet")
+    energy_columns = [f"E − E_min, {relaxed_by} (meV/atom)"]
+    if result.reranked_by:
+        energy_columns.append(f"E − E_min, {result.reranked_by} (meV/atom)")
     lines += _table(
         [
             "rank",
             "space group",
             "source",
-            "E − E_min (meV/atom)",
+            *energy_columns,
             "V/atom (Å³)",
             "relaxation",
             "implausible",
@@ -284,6 +290,7 @@ def summary_markdown(
                 f"`{p.spacegroup_symbol}` (#{p.spacegroup_number})",
                 p.source,
                 f"{p.e_above_min_meV:.1f}",
+                *([_fmt(p.refined_e_above_min_meV, ".1f")] if result.reranked_by else []),
                 f"{p.structure.volume / len(p.structure):.2f}",
                 p.relax_status,
                 p.implausible or "no",

@@ -201,3 +201,12 @@ class CSPResultDoc(BaseModel):
     @property
     def best(self) -> RankedPolymorph | None:
         return self.polymorphs[0] if self.polymorphs else None
+
+    @property
+    def reranked_by(self) -> str | None:
+        """The potential that re-ranked the top polymorphs (e.g. "7net-l3i5"), or None where
+        none did (not asked, or it could not be loaded)."""
+        refined = self.provenance.get("refined_by")
+        if not refined or not any(p.refined_energy_per_atom is not None for p in self.polymorphs):
+            return None
+        return refined.get("model", refined["force_field_name"])

@@ -148,6 +148,27 @@ def test_summary_top_and_pool(result):
     assert "2 more in the store" in text and "DFT verification" not in text
 
 
+def test_a_reranked_run_shows_both_potentials(result, tmp_path):
+    """Re-ranked by SevenNet, the top is ordered by its energy: summary.md gives both
+    potentials' E - E_min (so a non-monotonic CHGNet column is explained), the terminal marks
+    the re-ranked rows and the ranking plot still draws."""
+    reranked = result.model_copy(deep=True)
+    reranked.provenance["refined_by"] = {"force_field_name": "SevenNet", "model": "7net-l3i5"}
+    for p, refined in zip(reranked.polymorphs, (0.0, 12.5), strict=False):
+        p.refined_e_above_min_meV, p.refined_energy_per_atom = refined, -4.0 + refined / 1000
+    assert result.reranked_by is None and reranked.reranked_by == "7net-l3i5"
+    text = summary_markdown(reranked, "store")
+    assert "- re-ranking: the best 2 relaxed again with 7net-l3i5" in text
+    assert "E − E_min, CHGNet (meV/atom) | E − E_min, 7net-l3i5 (meV/atom) |" in text
+    assert "| `Pm-3m` (#221) | pyxtal | 50.0 | 12.5 |" in text
+    assert "| `F-43m` (#216) | dao-g | 100.0 | - |" in text
+    terminal = _rendered(result_table(reranked))
+    assert "12.5*" in terminal and "* re-ranked: 7net-l3i5" in terminal
+    assert "re-ranked" not in _rendered(result_table(result))
+    files = write_report(reranked, tmp_path, "store")
+    assert files["ranking"].stat().st_size > 1000
+
+
 # --------------------------------------------------------------------------- terminal
 
 
