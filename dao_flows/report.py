@@ -49,6 +49,7 @@ def status_word(p: RankedPolymorph) -> str:
 def result_table(result: CSPResultDoc, top: int | None = None) -> Table:
     """The ranked polymorphs for the terminal. The formula is in the title and the headers
     take two lines, so that a run's table is at most 100 columns wide and never cut."""
+    relaxed_by = result.provenance.get("relaxation", {}).get("force_field_name", "CHGNet")
     table = Table(
         title=f"{result.formula}: {result.n_unique} unique / {result.n_candidates} "
         f"candidates ({result.relax_mode} relaxation)"
@@ -57,7 +58,7 @@ def result_table(result: CSPResultDoc, top: int | None = None) -> Table:
         ("#", {"justify": "right", "no_wrap": True}),
         ("space group", {"no_wrap": True}),
         ("E−Emin\nmeV/atom", {"justify": "right", "no_wrap": True}),
-        ("E\neV/atom", {"justify": "right", "no_wrap": True}),
+        (f"E {relaxed_by}\neV/atom", {"justify": "right", "no_wrap": True}),
         ("DAO-P", {"justify": "right", "no_wrap": True}),
         ("source", {"no_wrap": True}),
         ("candidate", {"overflow": "fold"}),  # narrower terminals: wrapped, never cut
