@@ -100,9 +100,10 @@ def read_config(name_or_path: str | Path) -> dict[str, Any]:
 
 
 def load_model(name_or_path: str | Path | DAOModel, device: str | None = None) -> DAOModel:
-    """Load a checkpoint (bundled name or path) in eval mode on ``device`` (default: best)."""
+    """Load a checkpoint (bundled name or path) in eval mode on ``device`` (default: best).
+    A model already loaded stays where it is unless ``device`` is given."""
     if isinstance(name_or_path, DAOModel):
-        return name_or_path
+        return name_or_path if device is None else name_or_path.to(device)
     folder = resolve(name_or_path)
     try:
         config = json.loads((folder / CONFIG_FILE).read_text())

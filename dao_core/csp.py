@@ -15,7 +15,7 @@ import torch
 from pymatgen.core import Structure
 
 import dao_core
-from dao_core.checkpoint import default_device, load_model
+from dao_core.checkpoint import load_model
 from dao_core.dao import DAOModel
 from dao_core.data import CrystalBatch, parse_composition
 from dao_core.data.batches import BATCH_COST_ROWS, size_buckets
@@ -91,8 +91,8 @@ def generate(
     if steps is not None and steps < 1:
         raise DAOInputError(f"number of sampling steps must be at least 1, got {steps}")
     atoms = parse_composition(formula, formula_units)
-    dev = default_device(device)
-    generator_model = load_model(model, device=str(dev))
+    generator_model = load_model(model, device=device)
+    dev = generator_model.device
     if generator_model.kind != "dao-g":
         raise DAOInputError(f"{generator_model.name} is a {generator_model.kind} model, not DAO-G")
     guide = load_model(guidance, device=str(dev)) if guidance is not None and scale > 0 else None

@@ -21,6 +21,7 @@ from dao_core.diffusion import (
     diffusion_losses,
     sample,
 )
+from dao_core.errors import DAOInputError
 from dao_core.model import Crysformer, CrysformerConfig, CrysformerOutput
 
 Kind = Literal["dao-g", "dao-p"]
@@ -104,7 +105,8 @@ class DAOModel(nn.Module):
     def energy_forces_stress(
         self, batch: CrystalBatch
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Energy per atom (label units), forces (eV/A, per atom) and stress (GPa, 3x3).
+        """Energy per atom (label units), forces (per atom) and stress (3x3, GPa): eV/A and
+        GPa for an eV/atom label.
 
         The label is per atom, so the total energy is N * e; forces are -dE/dr with
         r = X L, and stress is (1/V) L^T dE/dL (symmetrised), the strain derivative at fixed X.
@@ -125,8 +127,9 @@ class DAOModel(nn.Module):
     def relax(self, batch: CrystalBatch, steps: int = 5, lr: float = 1.0) -> CrystalBatch:
         """L-BFGS on X and L at the clean step (dataset relaxation, method doc section 6).
 
-        Crystals are independent, so minimising the sum of energies relaxes each one; X is
-        wrapped back into [0, 1) afterwards.
+        Minimising the sum of the crystals' energies relaxes each one (one L-BFGS over the
+        batch: its line search and curvature history are shared); X is wrapped back into
+        [0, 1) afterwards.
         """
         self._require_energy()
         f = batch.frac.detach().clone().requires_grad_(True)
@@ -181,6 +184,12 @@ class DAOModel(nn.Module):
 
         energy_fn = None
         if guidance is not None and scale > 0:
+            if guidance.schedule.steps != self.schedule.steps:
+                # Step indices are the generator's: another T would mean other noise levels.
+                raise DAOInputError(
+                    f"guidance model {guidance.name} was trained on {guidance.schedule.steps} "
+                    f"noise levels, the generator on {self.schedule.steps}"
+                )
 
             def energy_fn(
                 frac: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor
@@ -189,9 +198,16 @@ class DAOModel(nn.Module):
                     return guidance.energy(replace(batch, frac=frac, lattice=lattice), t).float()
 
         settings = sampling or self.sampling
+        n_steps, trained = steps or settings.steps, self.schedule.steps
+        if not 1 <= n_steps <= trained:
+            raise DAOInputError(
+                f"{n_steps} sampling steps: {self.name or 'this model'} was trained on "
+                f"{trained} noise levels, so 1 to {trained} steps can be sampled"
+            )
         frac, lattice = sample(
-            score_fn, self.schedule, batch.mask, steps, settings, energy_fn, scale, generator, graph
-        )
+            score_fn, self.schedule, batch.mask, n_steps, settings, energy_fn, scale, generator,
+            graph,
+        )  # fmt: skip
         return replace(batch, frac=frac, lattice=lattice)
 
     def _require_energy(self) -> None:

@@ -62,6 +62,21 @@ def test_steps_default_to_the_sampler_settings() -> None:
         assert load_model(name, device="cpu").sampling.steps == 100
 
 
+def test_steps_beyond_the_trained_noise_levels_are_refused() -> None:
+    """A model trained on T noise levels samples 1..T steps; more would silently run T while
+    the provenance said otherwise, and a guide trained on another T would see other levels."""
+    from dao_core.errors import DAOInputError
+
+    cfg = CrysformerConfig.preset("tiny")
+    gen, guide = DAOModel("dao-g", cfg, steps=50), DAOModel("dao-p", cfg, steps=100)
+    batch = CrystalBatch.from_compositions([parse_composition("NaCl")])
+    with pytest.raises(DAOInputError, match="trained on 50 noise levels, so 1 to 50 steps"):
+        gen.sample(batch, steps=51)
+    with pytest.raises(DAOInputError, match="trained on 100 noise levels, the generator on 50"):
+        gen.sample(batch, steps=5, guidance=guide, scale=1.0)
+    assert gen.sample(batch, steps=50).frac.shape == (1, 2, 3)
+
+
 def test_energy_forces_and_stress_are_consistent_derivatives() -> None:
     """Forces = -dE/dr and stress = (1/V) dE/dstrain, checked by central differences."""
     torch.manual_seed(0)
