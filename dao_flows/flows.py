@@ -94,7 +94,7 @@ class DAOCSPMaker(Maker):
         relax alike.
     refine_maker
         Re-ranks the ``refine_maker.top`` best polymorphs with a second potential
-        (SevenNet-l3i5 by default; ``top = 0``, the default, skips it).
+        (SevenNet-l3i5 on the best 5 by default; ``top = 0`` skips it).
     verify_top, dft_maker
         Hook for DFT verification of the ``verify_top`` best polymorphs:
         ``dft_maker.make(structure)`` jobs are added after the ranking. With ``verify_top > 0``
@@ -155,7 +155,9 @@ class DAOCSPMaker(Maker):
 
         gen_maker = self.generation_maker
         formula_units = formula_units if formula_units is not None else gen_maker.formula_units
-        atoms = validate_request(formula, gen_maker.n, gen_maker.n_random, formula_units)
+        atoms = validate_request(
+            formula, gen_maker.n, gen_maker.n_random, formula_units, gen_maker.n_template
+        )
         if gen_maker.n_template:  # only as many template slots as templates fit
             fits = template_library(gen_maker.templates).candidates(atoms, gen_maker.n_template)
             gen_maker = replace(gen_maker, n_template=len(fits))
@@ -278,13 +280,8 @@ def dao_csp_batch_flow(formulas: list[str], **options: Any) -> Flow:
 
     if not formulas:
         raise DAOInputError("no formulas given")
-    for formula in formulas:  # fail fast, before building anything
-        validate_request(
-            formula,
-            options.get("n", DAOGenerationMaker.n),
-            options.get("n_random", DAOGenerationMaker.n_random),
-            options.get("formula_units"),
-        )
+    # Each dao_csp_flow validates its formula before creating a job, and nothing runs
+    # before this returns, so a bad formula anywhere leaves nothing behind.
     subflows = [dao_csp_flow(f, **options) for f in formulas]
     return Flow(
         subflows, output=[f.output for f in subflows], name=f"dao csp batch ({len(formulas)})"

@@ -69,20 +69,25 @@ def template_library(path: str | None) -> TemplateLibrary:
 
 
 def validate_request(
-    formula: str, n: int, n_random: int = 0, formula_units: int | None = None
+    formula: str,
+    n: int,
+    n_random: int = 0,
+    formula_units: int | None = None,
+    n_template: int = 0,
 ) -> np.ndarray:
     """Check a CSP request before any job exists; returns the atomic numbers of the cell.
 
     Raises :class:`dao_core.errors.DAOInputError` for a bad formula, unknown element, too many
-    atoms (>100) or a request for no candidates.
+    atoms (>100), a negative count or a request for no DAO-G candidates.
     """
     from dao_core.data import parse_composition
     from dao_core.errors import DAOInputError
 
     if not isinstance(n, int | np.integer) or n < 1:
         raise DAOInputError(f"number of DAO-G candidates must be at least 1, got {n!r}")
-    if not isinstance(n_random, int | np.integer) or n_random < 0:
-        raise DAOInputError(f"number of random candidates must be >= 0, got {n_random!r}")
+    for what, count in (("random", n_random), ("template", n_template)):
+        if not isinstance(count, int | np.integer) or count < 0:
+            raise DAOInputError(f"number of {what} candidates must be >= 0, got {count!r}")
     if formula_units is not None and formula_units < 1:
         raise DAOInputError(f"formula units must be at least 1, got {formula_units}")
     return parse_composition(formula, formula_units)
@@ -243,31 +248,41 @@ class DAOGenerationMaker(Maker):
         from dao_core.csp import generate, score_energy
 
         formula_units = formula_units if formula_units is not None else self.formula_units
-        atoms = validate_request(formula, self.n, self.n_random, formula_units)
+        atoms = validate_request(formula, self.n, self.n_random, formula_units, self.n_template)
         seed = self.seed
         if seed is None:  # pick one and record it, so every run is reproducible
             seed = int(np.random.SeedSequence().entropy % (2**31))
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
-        generator = cached_model(self.model, self.device)
-        guide = cached_model(self.guidance, self.device) if self.guidance else None
-        result = generate(
-            formula,
-            self.n,
-            model=generator,
-            guidance=guide,
-            scale=self.scale,
-            steps=self.steps,
-            formula_units=formula_units,
-            seed=seed,
-            device=self.device,
-            batch_size=self.batch_size,
-        )
+        guide = None
+        try:
+            generator = cached_model(self.model, self.device)
+            guide = cached_model(self.guidance, self.device) if self.guidance else None
+            result = generate(
+                formula,
+                self.n,
+                model=generator,
+                guidance=guide,
+                scale=self.scale,
+                steps=self.steps,
+                formula_units=formula_units,
+                seed=seed,
+                device=self.device,
+                batch_size=self.batch_size,
+            )
+            provenance = dict(result.provenance)
+            raw: list[tuple[str, Structure | None, dict]] = [
+                ("dao-g", s, {}) for s in result.structures
+            ]
+        except Exception as exc:  # noqa: BLE001 - the other sources still give candidates
+            # (checkpoints and inputs were checked when the flow was built: this is a run-time
+            # failure such as running out of memory)
+            error = f"DAO-G failed: {type(exc).__name__}: {exc}"
+            logger.warning("%s; continuing with the other candidate sources", error)
+            provenance = {"generator_error": error}
+            raw = [("dao-g", None, {"errors": [error]})] * self.n
         timings["dao_g_s"] = time.perf_counter() - t0
-        raw: list[tuple[str, Structure | None, dict]] = [
-            ("dao-g", s, {}) for s in result.structures
-        ]
 
         if self.n_random:
             t0 = time.perf_counter()
@@ -308,7 +323,6 @@ class DAOGenerationMaker(Maker):
             )
             counters[source] += 1
 
-        provenance = dict(result.provenance)
         provenance.update(
             {
                 "seed": seed,

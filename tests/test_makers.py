@@ -44,6 +44,7 @@ def chgnet():
         ("NaCl", {"formula_units": 60}, "atoms"),
         ("NaCl", {"n": 0}, "at least 1"),
         ("NaCl", {"n_random": -1}, ">= 0"),
+        ("NaCl", {"n_template": -1}, "template candidates must be >= 0"),
         ("", {}, "formula"),
     ],
 )
@@ -112,6 +113,26 @@ def test_generation_maker_records_sources_and_provenance(dao_env):
     again = maker.make.original(maker, "NaCl", 2)
     for a, b in zip(doc.candidates, again.candidates, strict=True):
         assert np.allclose(a.raw_structure.lattice.matrix, b.raw_structure.lattice.matrix)
+
+
+def test_a_dao_g_failure_keeps_the_other_sources(dao_env, monkeypatch):
+    """DAO-G failing at run time (here: out of memory) costs its own slots only: they carry the
+    reason, and the random and template candidates are made as without the failure."""
+    import dao_core.csp
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    maker = DAOGenerationMaker(n=2, n_random=2, n_template=1, steps=10, seed=3)
+    expected = maker.make.original(maker, "NaCl", 2)
+    monkeypatch.setattr(dao_core.csp, "generate", out_of_memory)
+    doc = maker.make.original(maker, "NaCl", 2)
+    assert [c.candidate_id for c in doc.candidates] == [c.candidate_id for c in expected.candidates]
+    for c in doc.candidates[:2]:
+        assert not c.valid and "DAO-G failed: RuntimeError: CUDA out of memory" in c.issue
+    assert "out of memory" in doc.provenance["generator_error"]
+    for got, want in zip(doc.candidates[2:], expected.candidates[2:], strict=True):
+        assert got.valid and got.structure == want.structure
 
 
 def test_batched_fire_matches_atomate2_relaxation(chgnet, dao_env):
