@@ -241,18 +241,20 @@ def fit_full(
     keeper = _BestState([net, head], cfg.patience)
     for epoch in range(cfg.epochs):
         net.train()
-        losses = []
+        loss_sum, batches = torch.zeros((), device=device), 0  # on the device: one read per epoch
         for idx in bucketed_batches(train_records, cfg.batch_size, seed + epoch):
-            batch = CrystalBatch.from_records([train_records[i] for i in idx]).to(device)
-            rows = torch.from_numpy(train[idx]).to(device)
+            batch = CrystalBatch.from_records([train_records[i] for i in idx])
+            batch = batch.to(device, non_blocking=True)
+            rows = torch.from_numpy(train[idx]).to(device, non_blocking=True)
             loss = F.l1_loss(head.standardised(pooled(net, batch)), target[rows])  # type: ignore[operator,arg-type]
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(loss.item())
+            loss_sum += loss.detach()
+            batches += 1
         sched.step()
         net.eval()
-        selection = float(np.mean(losses))
+        selection = float(loss_sum) / max(batches, 1)
         if len(val):
             with torch.no_grad():
                 f = features(net, [records[i] for i in val], device=device).to(device)

@@ -227,23 +227,36 @@ def build_model(cfg: TrainConfig, train: Sequence[CrystalRecord]) -> DAOModel:
 
 
 @torch.no_grad()
-def evaluate(model: DAOModel, records: Sequence[CrystalRecord], batch_size: int, seed: int) -> dict:
-    """Mean losses over ``records`` at fixed noise (seeded), for comparable validation curves."""
+def evaluate(
+    model: DAOModel,
+    records: Sequence[CrystalRecord],
+    batch_size: int,
+    seed: int,
+    max_pairs: int | None = None,
+) -> dict[str, float]:
+    """Mean losses over ``records`` at fixed noise (seeded), for comparable validation curves
+    (float32, as every curve in docs/training.md).
+
+    Batches obey training's ``max_pairs`` cap (a forward pass needs less memory than a training
+    step); the training random streams (CPU and this model's GPU) continue untouched afterwards.
+    """
     device = model.device
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    totals: dict[str, float] = {}
+    totals: dict[str, torch.Tensor] = {}
     count = 0
-    model.eval()
-    for idx in bucketed_batches(records, batch_size, seed):
-        batch = CrystalBatch.from_records([records[i] for i in idx]).to(device)
-        losses = model.loss(batch)
-        for k, v in losses.items():
-            totals[k] = totals.get(k, 0.0) + float(v) * len(idx)
-        count += len(idx)
-    model.train()
-    torch.random.set_rng_state(state)
-    return {k: v / max(count, 1) for k, v in totals.items()}
+    # manual_seed seeds every device: fork so the GPU stream is restored too, not restarted.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        was_training = model.training
+        model.eval()
+        for idx in bucketed_batches(records, batch_size, seed, max_pairs_per_batch=max_pairs):
+            batch = CrystalBatch.from_records([records[i] for i in idx])
+            losses = model.loss(batch.to(device, non_blocking=True))
+            for k, v in losses.items():  # summed on the device, read once at the end
+                total = totals.setdefault(k, torch.zeros((), device=device))
+                total.add_(v.detach().float() * len(idx))
+            count += len(idx)
+        model.train(was_training)  # the weight average stays in eval mode
+    return {k: float(v) / max(count, 1) for k, v in totals.items()}
 
 
 def train(
@@ -312,7 +325,8 @@ def train(
     def elapsed() -> float:
         """Training seconds so far, the same on every rank (the schedule depends on it)."""
         seconds = trained_s + time.perf_counter() - started
-        if world == 1:  # no device tensor: a .item() per step would stall the GPU queue
+        # Only the time limits read it; an all_reduce + .item() per step would stall the GPU queue.
+        if world == 1 or (cfg.time_budget is None and cfg.time_limit is None):
             return seconds
         value = torch.tensor([seconds], device=device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
@@ -326,7 +340,8 @@ def train(
         ):
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, done, cfg)
-            batch = CrystalBatch.from_records([train_records[i] for i in idx]).to(device)
+            batch = CrystalBatch.from_records([train_records[i] for i in idx])
+            batch = batch.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 losses = module(batch)
             opt.zero_grad(set_to_none=True)
@@ -347,7 +362,7 @@ def train(
                 if rank == 0:
                     log.info("%s", entry)
             if val_records and rank == 0 and step % cfg.eval_every == 0:
-                val = evaluate(served, val_records, cfg.batch_size, cfg.seed)
+                val = evaluate(served, val_records, cfg.batch_size, cfg.seed, max_pairs)
                 history.append({"step": step, **{f"val_{k}": round(v, 5) for k, v in val.items()}})
                 log.info("validation %s", history[-1])
             if step % cfg.save_every == 0:
@@ -359,7 +374,7 @@ def train(
     checkpoint("last")
     if done >= 1.0:
         if val_records and rank == 0:
-            val = evaluate(served, val_records, cfg.batch_size, cfg.seed)
+            val = evaluate(served, val_records, cfg.batch_size, cfg.seed, max_pairs)
             history.append({"step": step, **{f"val_{k}": round(v, 5) for k, v in val.items()}})
         checkpoint("final", served)
     if world > 1:

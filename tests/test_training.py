@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dao_core.benchmark import run_benchmark
 from dao_core.checkpoint import file_hash, load_model, save_model
-from dao_core.dao import DAOModel
-from dao_core.data import CrystalBatch, load_csv
-from dao_core.diffusion import SamplerSettings
+from dao_core.dao import DAOModel, EnergyLabel
+from dao_core.data import CrystalBatch, load_csv, split_records
+from dao_core.diffusion import SamplerSettings, add_noise
 from dao_core.errors import DAOInputError
 from dao_core.model import CrysformerConfig
-from dao_core.train import TrainConfig, WeightAverage, train
+from dao_core.train import TrainConfig, WeightAverage, evaluate, split_datasets, train
 
 # Three small MP-20 crystals of different prototypes: rocksalt SrTe, AlB2-type YSi2, CsCl-type ZrOs.
 HANDFUL = ["mp-1958", "mp-2568", "mp-11541"]
@@ -227,3 +228,76 @@ def test_cli_preprocess_then_train_with_a_recorded_split(tmp_path: Path) -> None
     assert config["energy_label"]["name"] == "e"  # the label stored at preprocessing
     bad = runner.invoke(app, ["preprocess", str(csv), "--out", str(tmp_path / "x.csv")])
     assert bad.exit_code != 0 and ".npz" in bad.output
+
+
+def test_evaluate_leaves_the_training_random_stream_alone(handful: list) -> None:
+    """Validation draws seeded noise inside a forked RNG: training resumes its own stream (not
+    the validation seed's), and validation itself is reproducible."""
+    torch.manual_seed(0)
+    model = DAOModel("dao-g", CrysformerConfig.preset("tiny"))
+    torch.manual_seed(7)
+    undisturbed = torch.rand(8)
+    torch.manual_seed(7)
+    first = evaluate(model, handful, 2, seed=0, max_pairs=4096)
+    after = torch.rand(8)
+    torch.manual_seed(0)
+    reset = torch.rand(8)
+    assert torch.equal(after, undisturbed) and not torch.equal(after, reset)
+    assert evaluate(model, handful, 2, seed=0, max_pairs=4096) == first
+    assert set(first) == {"lattice", "coord", "total"} and model.training
+
+
+def _old_energy_loss(model: DAOModel, batch: CrystalBatch) -> torch.Tensor:
+    """The previous boolean-indexing DAO-P energy loss, at the noise ``model.loss`` draws."""
+    noised = add_noise(model.schedule, batch.frac, batch.lattice, batch.mask)
+    out = model(replace(batch, frac=noised.frac, lattice=noised.lattice), noised.t)
+    target = (batch.energy - model.label.mean) / model.label.std
+    known = torch.isfinite(target)
+    pred, target = out.energy[known], target[known]
+    if model.label.loss == "exp":
+        return F.mse_loss(torch.exp(-pred), torch.exp(-target))
+    return F.mse_loss(pred, target)
+
+
+@pytest.mark.parametrize("kind", ["mse", "exp"])
+def test_dao_p_energy_loss_masks_unlabelled_records(handful: list, kind: str) -> None:
+    torch.manual_seed(0)
+    label = EnergyLabel(mean=-0.5, std=0.7, loss=kind)  # type: ignore[arg-type]
+    model = DAOModel("dao-p", CrysformerConfig.preset("tiny"), label)
+    energies = [-1.2, None, 0.4, float("nan"), -0.3]
+    mixed = CrystalBatch.from_records(
+        [replace(handful[i % 3], energy=e) for i, e in enumerate(energies)]
+    )
+    torch.manual_seed(1)
+    new = model.loss(mixed)["energy"]
+    torch.manual_seed(1)
+    old = _old_energy_loss(model, mixed)
+    assert new.item() > 0 and abs(new.item() - old.item()) < 1e-6
+    # No label in the batch at all: zero, finite, and the energy head still gets (zero) grads.
+    for energy in (None, float("nan")):
+        blank = CrystalBatch.from_records([replace(r, energy=energy) for r in handful])
+        losses = model.loss(blank)
+        assert losses["energy"].item() == 0.0 and torch.isfinite(losses["total"])
+        model.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        grads = [p.grad for p in model.net.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_csvs_without_material_ids_do_not_collide_in_a_split(tmp_path: Path) -> None:
+    """Default ids are ``<file stem>-<row>``: two id-less files hold out their own rows."""
+    import pandas as pd
+    from pymatgen.core import Lattice, Structure
+
+    datasets = {}
+    for name, n in (("a", 4), ("b", 6)):
+        cells = [Structure(Lattice.cubic(3.0 + 0.1 * i), ["Na", "Cl"],
+                           [[0, 0, 0], [0.5, 0.5, 0.5]]) for i in range(n)]  # fmt: skip
+        pd.DataFrame({"cif": [c.to(fmt="cif") for c in cells]}).to_csv(tmp_path / f"{name}.csv")
+        datasets[name] = load_csv(tmp_path / f"{name}.csv", cache_dir="")
+        assert [r.material_id for r in datasets[name]] == [f"{name}-{i}" for i in range(n)]
+    train_sets, val_sets, _ = split_datasets(datasets, tmp_path, val_fraction=0.5, seed=0)
+    for name, n in (("a", 4), ("b", 6)):
+        val_idx = split_records(n, 0.5, 0)[1]
+        assert [r.material_id for r in val_sets[name]] == [f"{name}-{i}" for i in val_idx]
+        assert len(train_sets[name]) == n - len(val_idx)

@@ -23,7 +23,7 @@ from dao_core.errors import DAOInputError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when the preprocessing changes, so stale caches are not reused
+CACHE_VERSION = 3  # bump when the preprocessing changes, so stale caches are not reused
 PARALLEL_MIN_ROWS = 400  # below this a process pool costs more than it saves
 
 
@@ -144,8 +144,9 @@ def load_csv(
     max_atoms: int = MAX_ATOMS,
     workers: int | None = None,
 ) -> list[CrystalRecord]:
-    """Records of a CDVAE-layout CSV (``cif`` column; ``material_id`` if present), or of a
-    ``.npz`` written by ``dao preprocess`` (:func:`save_records`; its label is fixed).
+    """Records of a CDVAE-layout CSV (``cif`` column; ``material_id`` if present, else
+    ``<file stem>-<row>``), or of a ``.npz`` written by ``dao preprocess``
+    (:func:`save_records`; its label is fixed).
 
     ``label`` names the energy column: rows where it is missing are dropped (and logged).
     Crystals with more than ``max_atoms`` atoms are dropped (and logged). The result is cached
@@ -191,7 +192,8 @@ def load_csv(
     ids = (
         frame["material_id"].astype(str).to_numpy()
         if "material_id" in frame.columns
-        else np.array([str(i) for i in rows])
+        # Unique per file: split_datasets holds ids out across files, so "0".."n-1" would collide.
+        else np.array([f"{path.stem}-{i}" for i in rows])
     )
     energies = np.full(len(frame), np.nan)
     if label is not None:
