@@ -22,7 +22,7 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from dao_flows.generation import check_structure
 from dao_flows.jobs import ranking_job
-from dao_flows.plausibility import MAX_E_BELOW_CONVERGED, implausibility
+from dao_flows.plausibility import TIER, classify, reference_energy
 from dao_flows.schemas import (
     STRUCTURE_FIELDS,
     BatchedRelaxDoc,
@@ -225,18 +225,19 @@ def rank(
 ) -> list[RankedPolymorph]:
     """Ranked polymorphs: the plausible ones by energy, then the flagged ones, then those the
     potential failed on, so that rank 1 is a converged, trustworthy relaxation whenever there
-    is one. Energies are measured from the best converged polymorph."""
-    converged = [rep.energy_per_atom for rep, _ in groups if rep.converged]
-    e_min = min(converged or [rep.energy_per_atom for rep, _ in groups] or [0.0])
+    is one. Energies are measured from :func:`~dao_flows.plausibility.reference_energy`: the
+    best converged polymorph, unless it lies absurdly far below the others."""
+    reps = [rep for rep, _ in groups]
+    e_min = reference_energy([r.energy_per_atom for r in reps], [r.converged for r in reps])
+    any_converged = any(r.converged for r in reps)
     rows = []
     for (rep, dups), score in zip(groups, scores, strict=True):
-        e_above = rep.energy_per_atom - e_min
-        flag = implausibility(e_above, rep.converged)
-        tier = 0 if flag is None else 2 if e_above < -MAX_E_BELOW_CONVERGED else 1
-        rows.append((tier, rep.energy_per_atom, rep, dups, score, flag))
+        flagged = classify(rep.energy_per_atom - e_min, rep.converged, any_converged)
+        kind, why = flagged or (None, None)
+        rows.append((TIER[kind], rep.energy_per_atom, rep, dups, score, kind, why))
     rows.sort(key=lambda row: row[:2])
     polymorphs = []
-    for position, (_, _, rep, dups, score, flag) in enumerate(rows, start=1):
+    for position, (_, _, rep, dups, score, kind, why) in enumerate(rows, start=1):
         symbol, number = spacegroup(rep.structure, symprec)
         polymorphs.append(
             RankedPolymorph.from_structure(
@@ -253,7 +254,8 @@ def rank(
                 spacegroup_number=number,
                 dao_p_score=score,
                 relax_status="converged" if rep.converged else "not converged",
-                implausible=flag,
+                implausible=why,
+                flag=kind,
                 n_relax_steps=rep.n_steps,
                 duplicates=dups,
             )

@@ -77,10 +77,12 @@ class RefineMaker(Maker):
 
     @ranking_job
     def make(
-        self, result: CSPResultDoc, verify_top: int = 0, dft_maker: Maker | None = None
+        self, result: CSPResultDoc | None, verify_top: int = 0, dft_maker: Maker | None = None
     ) -> Response:
         """The re-ranked result; ``verify_top`` > 0 adds ``dft_maker`` checks of the new best
         (the flow hands DFT verification to this job when it runs)."""
+        if result is None:  # the ranking job failed: it arrives as None (OnMissing.NONE)
+            raise RuntimeError("the ranking job produced no output; nothing to re-rank")
         if isinstance(result, dict):
             result = CSPResultDoc.model_validate(result)
         if self.top > 0 and result.polymorphs:

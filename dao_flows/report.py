@@ -41,6 +41,10 @@ def status_word(p: RankedPolymorph) -> str:
     potential failed on it); the full reason is in summary.md."""
     if p.implausible is None:
         return "ok"
+    words = {"unconverged": "unconv.", "high_energy": "high E", "potential_failed": "failed"}
+    if p.flag is not None:
+        return words[p.flag]
+    # documents written before ``flag``: guessed from the (rounded) energy
     if p.e_above_min_meV > 1000 * MAX_E_ABOVE_BEST:
         return "high E"
     return "failed" if p.e_above_min_meV < -1000 * MAX_E_BELOW_CONVERGED else "unconv."

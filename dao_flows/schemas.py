@@ -121,7 +121,11 @@ class BatchedRelaxDoc(BaseModel):
     steps: int
     device: str
     relax_cell: bool = True
-    n_model_calls: int = 0
+    n_model_calls: int = Field(
+        0,
+        description="optimiser iterations (fire: one batched CHGNet pass per chunk of active "
+        "structures each; torch-sim: its batched model calls)",
+    )
     elapsed_s: float = 0.0
     created_at: str = Field(default_factory=utcnow)
 
@@ -139,19 +143,34 @@ class RankedPolymorph(StructureMetadata):
     documents). Build it with ``RankedPolymorph.from_structure(meta_structure=s,
     fields=STRUCTURE_FIELDS, structure=s, ...)``."""
 
-    rank: int = Field(description="1 = lowest ML energy per atom")
+    rank: int = Field(
+        description="position in the ranking, from 1: plausible polymorphs first, then flagged "
+        "ones, then those the potential failed on, each tier by ML energy per atom; the top "
+        "``RefineMaker.top`` are re-ordered by the re-ranking potential's energy when it ran"
+    )
     candidate_id: str
     source: Source
     structure: Structure
     formula: str
     energy_per_atom: float = Field(description="relaxed ML energy, eV/atom")
-    e_above_min_meV: float = Field(description="energy above the best polymorph, meV/atom")
+    e_above_min_meV: float = Field(
+        description="ML energy above the best converged, plausible polymorph (of all, when none "
+        "converged), meV/atom; negative for unconverged cells a little below it and for cells "
+        "on which the potential failed"
+    )
     spacegroup_symbol: str
     spacegroup_number: int
     dao_p_score: float | None = Field(None, description="DAO-P energy score of the relaxed one")
     relax_status: Literal["converged", "not converged"]
     implausible: str | None = Field(
         None, description="why this polymorph is not a plausible structure (None: no reason)"
+    )
+    flag: Literal["unconverged", "high_energy", "potential_failed"] | None = Field(
+        None,
+        description="kind of ``implausible`` (dao_flows.plausibility.Flag): 'unconverged' "
+        "(relaxation hit its step limit), 'high_energy' (far above the best), "
+        "'potential_failed' (far below it: the potential left its training domain); None when "
+        "plausible, or in documents written before this field",
     )
     n_relax_steps: int | None = None
     refined_energy_per_atom: float | None = Field(
