@@ -23,6 +23,7 @@ import torch
 from ase import units
 from pymatgen.core import Lattice, Structure
 
+from dao_core.checkpoint import default_device
 from dao_core.data import right_handed_structure
 
 # ASE FIRE defaults (ase.optimize.FIRE), kept identical so both routes agree.
@@ -50,14 +51,22 @@ MIN_VOLUME_PER_ATOM = 2.0
 MAX_VOLUME_PER_ATOM = 500.0
 
 
+# CHGNet's response to an atom with no neighbour within its cutoff, for every relaxation route
+# ("fire", "torch-sim"). "warn", as atomate2's CHGNetCalculator (the per-candidate route) uses:
+# generation already rejects candidates with isolated atoms, so this only meets a cell that
+# loosens mid-relaxation, which may still come back; a relaxed structure that ends with isolated
+# atoms is flagged by the ranking's sanity check. "error" would drop such candidates on one
+# route but not the others.
+ISOLATED_ATOMS = "warn"
+
+
 def load_chgnet(device: str | None = None) -> Any:
-    """The pretrained CHGNet shipped in the ``chgnet`` wheel, on ``device`` (GPU if any)."""
+    """The pretrained CHGNet shipped in the ``chgnet`` wheel, on ``device`` (GPU if any), with
+    the :data:`ISOLATED_ATOMS` policy: the one loader of both batched relaxation routes."""
     from chgnet.model import CHGNet
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = CHGNet.load(verbose=False, use_device=device)
-    # As CHGNetCalculator (the per-candidate route) does: warn, don't fail, on isolated atoms.
-    model.graph_converter.set_isolated_atom_response("warn")
+    model = CHGNet.load(verbose=False, use_device=str(default_device(device)))
+    model.graph_converter.set_isolated_atom_response(ISOLATED_ATOMS)
     return model
 
 
@@ -106,28 +115,47 @@ def chgnet_efs(model: Any, graphs: list) -> list[tuple[float, np.ndarray, np.nda
     return out
 
 
-def _expm_and_frechet(log_f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """exp(A) and all 9 Fréchet derivatives L(A, E_mn) for a batch of 3x3 matrices A.
+def frechet_cell_forces(log_deform: torch.Tensor, cell_grad: torch.Tensor) -> torch.Tensor:
+    """``C[s, m, n] = sum_ij L(A_s, E_mn)_ij G_s,ij`` for A = ``log_deform`` (S, 3, 3) and
+    G = ``cell_grad`` (S, 3, 3), L the Fréchet derivative of expm and E_mn the unit matrices.
 
-    Uses the block identity expm([[A, E], [0, A]]) = [[e^A, L(A, E)], [0, e^A]], so one batched
-    matrix_exp replaces 9 scipy ``expm_frechet`` calls per structure.
+    FrechetCellFilter's log-space cell force (before dividing by its exp_cell_factor). The
+    contraction is the adjoint derivative ``L(A_sᵀ, G_s)``, the upper-right block of
+    ``expm([[Aᵀ, G], [0, Aᵀ]])``: one 6x6 exponential per system instead of nine directional
+    derivatives. Pure torch, so both this module and :mod:`dao_flows.frechet_fire` use it.
     """
-    b = log_f.shape[0]
-    eye9 = torch.eye(9, dtype=log_f.dtype, device=log_f.device).view(9, 3, 3)
-    block = torch.zeros(b, 9, 6, 6, dtype=log_f.dtype, device=log_f.device)
-    block[:, :, :3, :3] = log_f[:, None]
-    block[:, :, 3:, 3:] = log_f[:, None]
-    block[:, :, :3, 3:] = eye9[None]
-    out = torch.linalg.matrix_exp(block)
-    return out[:, 0, :3, :3], out[:, :, :3, 3:]  # (B,3,3), (B,9,3,3)
+    a_t = log_deform.mT
+    top = torch.cat([a_t, cell_grad], dim=-1)
+    bottom = torch.cat([torch.zeros_like(a_t), a_t], dim=-1)
+    return torch.matrix_exp(torch.cat([top, bottom], dim=-2))[..., :3, 3:]
+
+
+def _evaluate(model: Any, graphs: list, batch_size: int) -> list[tuple | str]:
+    """:func:`chgnet_efs` of ``graphs`` in chunks of ``batch_size``. A chunk that raises (out of
+    memory, a graph CHGNet chokes on) is redone one graph at a time, so only the culprits fail:
+    their entry is the error text instead of a prediction."""
+    out: list[tuple | str] = []
+    for start in range(0, len(graphs), batch_size):
+        chunk = graphs[start : start + batch_size]
+        try:
+            out.extend(chgnet_efs(model, chunk))
+            continue
+        except Exception:  # noqa: BLE001 - find the culprit one graph at a time
+            pass
+        for graph in chunk:
+            try:
+                out.extend(chgnet_efs(model, [graph]))
+            except Exception as exc:  # noqa: BLE001 - this structure's failure only
+                out.append(f"CHGNet evaluation: {type(exc).__name__}: {exc}")
+    return out
 
 
 def batched_fire_relax(
     structures: Sequence[Structure],
     model: Any = None,
     *,
-    fmax: float = 0.05,
-    steps: int = 500,
+    fmax: float,
+    steps: int,
     relax_cell: bool = True,
     device: str | None = None,
     batch_size: int = 64,
@@ -137,10 +165,14 @@ def batched_fire_relax(
     """Relax many structures at once with a vectorised FIRE on CHGNet (positions + cell).
 
     Structures that converge (max generalised force < ``fmax``) or reach ``steps`` leave the
-    batch; the rest continue. A structure whose potential evaluation fails or turns non-finite
-    is dropped with its error; the others are unaffected.
+    batch; the rest continue. A structure whose potential evaluation fails (an exception from
+    CHGNet, found by re-evaluating its chunk one structure at a time) or turns non-finite is
+    dropped with its error; the others are unaffected. ``fmax`` and ``steps`` have no defaults:
+    the Makers (``BatchedRelaxMaker``, ``RefineMaker``) own them.
 
-    Returns the per-structure results and run statistics (model calls, wall time, device).
+    Returns the per-structure results and run statistics: ``model_calls`` counts FIRE
+    iterations, i.e. rounds in which every still-active structure is evaluated once (each round
+    is ceil(active / ``batch_size``) batched CHGNet passes), plus wall time and device.
     """
     p = {**FIRE_DEFAULTS, **(fire or {})}
     # CHGNet's stress changes sign with the cell's handedness: relax right-handed cells only.
@@ -180,13 +212,17 @@ def batched_fire_relax(
     energies: list[list[float]] = [[] for _ in range(n)]
     model_calls = 0
 
+    def drop(i: int, reason: str) -> None:
+        results[i] = BatchRelaxResult(None, None, False, int(nsteps[i]), None, reason)
+        active[i] = False
+
     while bool(active.any()):
         idx = torch.nonzero(active).flatten()
         log_f = cellx[idx] / ecf[idx, None, None]
         if relax_cell:
-            deform, frechet = _expm_and_frechet(log_f)
+            deform = torch.linalg.matrix_exp(log_f)
         else:
-            deform, frechet = torch.eye(3, dtype=dtype).expand(len(idx), 3, 3), None
+            deform = torch.eye(3, dtype=dtype).expand(len(idx), 3, 3)
         cell = orig_cell[idx] @ deform.transpose(1, 2)  # rows = lattice vectors
         cart = pos[idx] @ deform.transpose(1, 2)
 
@@ -197,12 +233,8 @@ def batched_fire_relax(
             per_atom = abs(float(torch.linalg.det(cell[j]))) / natoms[i]
             if not MIN_VOLUME_PER_ATOM <= per_atom <= MAX_VOLUME_PER_ATOM:
                 # A collapsing cell makes the potential's neighbour graph explode (GBs, minutes).
-                results[i] = BatchRelaxResult(
-                    None, None, False, int(nsteps[i]), None,
-                    f"cell left {MIN_VOLUME_PER_ATOM}-{MAX_VOLUME_PER_ATOM} A^3/atom "
-                    f"({per_atom:.1f}) at step {int(nsteps[i])}",
-                )  # fmt: skip
-                active[i] = False
+                drop(i, f"cell left {MIN_VOLUME_PER_ATOM}-{MAX_VOLUME_PER_ATOM} A^3/atom "
+                        f"({per_atom:.1f}) at step {int(nsteps[i])}")  # fmt: skip
                 continue
             try:
                 s = Structure(
@@ -215,47 +247,45 @@ def batched_fire_relax(
                 keep.append(j)
                 current.append(s)
             except Exception as exc:  # noqa: BLE001
-                results[i] = BatchRelaxResult(
-                    None, None, False, int(nsteps[i]), None, f"graph construction failed: {exc}"
-                )
-                active[i] = False
+                drop(i, f"graph construction failed: {exc}")
         if not graphs:
             continue
-        preds = []
-        for start in range(0, len(graphs), batch_size):
-            preds.extend(chgnet_efs(model, graphs[start : start + batch_size]))
-        model_calls += 1
+        preds = _evaluate(model, graphs, batch_size)
+        model_calls += 1  # one FIRE iteration (see the docstring)
 
-        step_idx, g_pos, g_cell = [], [], []
+        # Generalised forces: positions (atoms_forces @ F) and, batched, the cell's.
+        evaluated, g_atoms, cell_grads = [], [], []
         for k, j in enumerate(keep):
             i = int(idx[j])
+            if isinstance(preds[k], str):
+                drop(i, f"{preds[k]} (step {int(nsteps[i])})")
+                continue
             e, f_np, s_np = preds[k]
             forces = torch.as_tensor(np.asarray(f_np), dtype=dtype)
             # CHGNet stresses come in GPa
             stress = torch.as_tensor(np.asarray(s_np), dtype=dtype) * units.GPa
             finite = torch.isfinite(forces).all() and torch.isfinite(stress).all()
             if not (np.isfinite(e) and finite):
-                results[i] = BatchRelaxResult(
-                    None,
-                    None,
-                    False,
-                    int(nsteps[i]),
-                    None,
-                    f"non-finite energy/forces/stress at step {int(nsteps[i])}",
-                )
-                active[i] = False
+                drop(i, f"non-finite energy/forces/stress at step {int(nsteps[i])}")
                 continue
             energies[i].append(e)
-            f_dg = deform[j]
             gp = torch.zeros(nmax, 3, dtype=dtype)
-            gp[: natoms[i]] = forces @ f_dg  # FrechetCellFilter: atoms_forces @ F
-            if relax_cell:
-                volume = abs(float(torch.linalg.det(cell[j])))
-                virial = -volume * stress
-                ucf_grad = virial @ torch.linalg.inv(f_dg.T)
-                gc = (frechet[j] * ucf_grad).sum(dim=(-1, -2)).view(3, 3) / ecf[i]
-            else:
-                gc = torch.zeros(3, 3, dtype=dtype)
+            gp[: natoms[i]] = forces @ deform[j]  # FrechetCellFilter: atoms_forces @ F
+            virial = -abs(float(torch.linalg.det(cell[j]))) * stress
+            cell_grads.append(virial @ torch.linalg.inv(deform[j].T))
+            evaluated.append((k, j, i, e))
+            g_atoms.append(gp)
+        if not evaluated:
+            continue
+        js = torch.as_tensor([j for _, j, _, _ in evaluated])
+        ecf_e = ecf[torch.as_tensor([i for _, _, i, _ in evaluated]), None, None]
+        if relax_cell:  # FrechetCellFilter's cell force: Fréchet contraction / exp_cell_factor
+            g_cells = frechet_cell_forces(log_f[js], torch.stack(cell_grads)) / ecf_e
+        else:
+            g_cells = torch.zeros(len(evaluated), 3, 3, dtype=dtype)
+
+        step_idx, g_pos, g_cell = [], [], []
+        for (k, _, i, e), gp, gc in zip(evaluated, g_atoms, g_cells, strict=True):
             fnorm = max(float(gp[: natoms[i]].norm(dim=1).max()), float(gc.norm(dim=1).max()))
             converged = fnorm < fmax
             if converged or int(nsteps[i]) >= steps:

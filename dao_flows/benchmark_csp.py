@@ -68,15 +68,21 @@ def run_case(
     from dao_flows.batched_fire import batched_fire_relax
     from dao_flows.flows import dao_csp_flow
     from dao_flows.local import run_in_memory
+    from dao_flows.relax import BatchedRelaxMaker
 
     formula = cell_formula(record)
     row = CSPBenchmarkRow(record.material_id, formula, record.num_atoms, 0.0)
     started = time.perf_counter()
     try:
         result = run_in_memory(dao_csp_flow(formula, relax="batched", **options))
+        # The flow's own relaxation settings (as recorded), so the reference relaxes alike.
+        relaxation = result.provenance.get("relaxation", {})
         (reference,), _ = batched_fire_relax(
-            [record.to_structure()], _chgnet(options.get("device")), fmax=options.get("fmax", 0.05)
-        )
+            [record.to_structure()], _chgnet(options.get("device")),
+            fmax=relaxation.get("fmax", BatchedRelaxMaker.fmax),
+            steps=relaxation.get("steps", BatchedRelaxMaker.steps),
+            relax_cell=relaxation.get("relax_cell", BatchedRelaxMaker.relax_cell),
+        )  # fmt: skip
         polymorphs = result.polymorphs[:top]
         target: Structure = reference.structure or record.to_structure()
         matchers = {name: StructureMatcher(**tolerance) for name, tolerance in TOLERANCES.items()}

@@ -7,9 +7,10 @@ that loop cost ~14 ms per system per step, 2.8 s a step for 200 CsV3Sb5 candidat
 than the potential (docs/performance.md). The cell force is a contraction of the Fréchet
 derivative of the matrix exponential, ``C_mn = <L(A, E_mn), G>``, i.e. the adjoint derivative
 applied to G, which for ``exp`` is ``L(Aᵀ, G)``: the upper-right block of
-``exp([[Aᵀ, G], [0, Aᵀ]])``. :func:`frechet_fire_step` is torch-sim's step with that one change
+``exp([[Aᵀ, G], [0, Aᵀ]])`` (:func:`dao_flows.batched_fire.frechet_cell_forces`, shared with
+the hand-written FIRE). :func:`frechet_fire_step` is torch-sim's step with that one change
 (and the first step of a freshly loaded system decided per system, as ASE does, instead of for
-the whole batch); ``tests/test_torchsim_relax.py`` checks it against torch-sim's step.
+the whole batch); ``tests/test_frechet_fire.py`` checks it against torch-sim's step.
 """
 
 from __future__ import annotations
@@ -24,15 +25,8 @@ from torch_sim.math import batched_vdot
 from torch_sim.models.interface import ModelInterface
 from torch_sim.optimizers import FrechetCellFIREState
 
-
-def frechet_cell_forces(log_deform: torch.Tensor, cell_grad: torch.Tensor) -> torch.Tensor:
-    """``C[s, m, n] = sum_ij L(A_s, E_mn)_ij G_s,ij`` for A = ``log_deform`` (S, 3, 3) and
-    G = ``cell_grad`` (S, 3, 3), L the Fréchet derivative of expm and E_mn the unit matrices:
-    ``L(A_sᵀ, G_s)``, from one batched 6x6 matrix exponential."""
-    a_t = log_deform.mT
-    top = torch.cat([a_t, cell_grad], dim=-1)
-    bottom = torch.cat([torch.zeros_like(a_t), a_t], dim=-1)
-    return torch.matrix_exp(torch.cat([top, bottom], dim=-2))[..., :3, 3:]
+# Shared with the hand-written FIRE, which must not need torch-sim.
+from dao_flows.batched_fire import frechet_cell_forces
 
 
 def frechet_fire_step(

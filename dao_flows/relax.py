@@ -24,11 +24,10 @@ from jobflow import Maker
 from pymatgen.core import Structure
 
 from dao_core.data import right_handed_structure
-from dao_flows.batched_fire import (  # noqa: F401 - re-exported
-    FIRE_DEFAULTS,
+from dao_flows.batched_fire import (
     BatchRelaxResult,
     batched_fire_relax,
-    load_chgnet,
+    load_chgnet,  # noqa: F401 - re-exported (tests import it)
 )
 from dao_flows.jobs import batched_relax_job
 from dao_flows.schemas import BatchedRelaxDoc, CandidateDoc, GenerationDoc, RelaxedCandidate
@@ -171,6 +170,8 @@ class BatchedRelaxMaker(Maker):
             steps=self.steps,
             device=stats.get("device", "cpu"),
             relax_cell=self.relax_cell,
+            # "fire": FIRE iterations (rounds evaluating every active candidate); "torch-sim":
+            # the adapter's batched forward calls. Not CHGNet passes: the name is historical.
             n_model_calls=stats.get("model_calls") or 0,
             elapsed_s=round(stats.get("elapsed_s", 0.0), 3),
         )

@@ -31,8 +31,9 @@ from ase import units
 from pymatgen.core import Lattice, Structure
 from torch_sim.models.interface import ModelInterface
 
+from dao_core.checkpoint import default_device
 from dao_core.data import right_handed_structure
-from dao_flows.batched_fire import BatchRelaxResult
+from dao_flows.batched_fire import ISOLATED_ATOMS, BatchRelaxResult, load_chgnet
 from dao_flows.frechet_fire import frechet_cell_fire
 
 CellFilter = Literal["frechet", "unit"]
@@ -41,17 +42,6 @@ CellFilter = Literal["frechet", "unit"]
 # memory estimate probes ever larger batches, and this adapter builds every probe's CHGNet
 # graphs on the CPU: on an H100 that probing alone outran 150 s for 200 CsV3Sb5 candidates.
 ONE_BATCH_ATOMS = 10_000
-
-
-def load_chgnet_model(device: str | None = None, on_isolated_atoms: str = "error") -> Any:
-    """Pretrained CHGNet from the wheel. ``"error"`` (CHGNet's own default) makes isolated
-    atoms fail loudly, so such a structure is reported failed instead of relaxed on garbage."""
-    from chgnet.model import CHGNet
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = CHGNet.load(verbose=False, use_device=device)
-    model.graph_converter.set_isolated_atom_response(on_isolated_atoms)
-    return model
 
 
 @contextmanager
@@ -74,7 +64,9 @@ class CHGNetTorchSimModel(ModelInterface):
     (eV/Å) and ``stress`` [n_systems, 3, 3] (eV/Å^3). A system whose graph or prediction fails
     gets energy NaN, zero forces/stress (so it stands still instead of poisoning the batch) and
     its reason in :attr:`last_errors` (keyed by its position in the state just evaluated).
-    ``on_isolated_atoms="error"`` (CHGNet's default) turns isolated atoms into such failures.
+    ``on_isolated_atoms`` defaults to the shared :data:`~dao_flows.batched_fire.ISOLATED_ATOMS`
+    ("warn"), so both batched routes treat a candidate alike; ``"error"`` turns isolated atoms
+    into such failures.
     """
 
     def __init__(
@@ -83,14 +75,12 @@ class CHGNetTorchSimModel(ModelInterface):
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float64,
         compute_stress: bool = True,
-        on_isolated_atoms: str = "error",
+        on_isolated_atoms: str = ISOLATED_ATOMS,
     ) -> None:
         super().__init__()
-        self.model = (
-            model
-            if model is not None
-            else load_chgnet_model(None if device is None else str(device))
-        )
+        if model is None:
+            model = load_chgnet(None if device is None else str(device))
+        self.model = model
         self.model.eval()
         self._model_device = next(self.model.parameters()).device
         self._device = torch.device(device) if device is not None else self._model_device
@@ -193,8 +183,9 @@ def torchsim_model(
 
         from dao_flows.sevennet_batched import BatchedSevenNetModel
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return BatchedSevenNetModel(model=load_checkpoint(model).build_model(), device=device)
+        return BatchedSevenNetModel(
+            model=load_checkpoint(model).build_model(), device=str(default_device(device))
+        )
     raise ValueError(f"no torch-sim model for {force_field_name!r}; use 'CHGNet' or 'SevenNet'")
 
 
@@ -212,8 +203,8 @@ def _optimizer(model: ModelInterface, relax_cell: bool, cell_filter: CellFilter)
 
 def torchsim_relax(
     structures: Sequence[Structure],
-    fmax: float = 0.05,
-    steps: int = 300,
+    fmax: float,
+    steps: int,
     relax_cell: bool = True,
     device: str | None = None,
     *,
@@ -233,17 +224,19 @@ def torchsim_relax(
     (``n_atoms_x_density`` units); unset, everything is one batch on the CPU or when the input
     has at most :data:`ONE_BATCH_ATOMS` atoms, and torch-sim estimates the cap otherwise.
 
-    Returns one :class:`BatchRelaxResult` per input (same order) and run statistics.
+    ``fmax`` and ``steps`` are required (the Makers own the defaults); they stay positional
+    for ``RefineMaker``'s call. Returns one :class:`BatchRelaxResult` per input (same order)
+    and run statistics (``model_calls``: the adapter's batched ``forward`` calls).
     """
     import torch_sim as ts
     from torch_sim.autobatching import InFlightAutoBatcher
 
     started = time.perf_counter()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(default_device(device))
     if isinstance(model, ModelInterface):
         adapter = model
     else:
-        adapter = CHGNetTorchSimModel(model or load_chgnet_model(device), device=device)
+        adapter = CHGNetTorchSimModel(model or load_chgnet(device), device=device)
     chgnet = isinstance(adapter, CHGNetTorchSimModel)
     calls0, graphs0 = (adapter.calls, adapter.graphs_evaluated) if chgnet else (0, 0)
     # CHGNet's stress changes sign with the cell's handedness: relax right-handed cells only.

@@ -37,10 +37,10 @@ def isolated() -> Structure:
 
 @pytest.fixture(scope="module")
 def chgnet():
-    from dao_flows.torchsim_relax import load_chgnet_model
+    from dao_flows.batched_fire import load_chgnet
 
     torch.set_num_threads(1)
-    return load_chgnet_model("cpu")
+    return load_chgnet("cpu")
 
 
 def ase_relax(structure: Structure, model) -> tuple[float, float]:
@@ -57,12 +57,13 @@ def ase_relax(structure: Structure, model) -> tuple[float, float]:
 
 
 def test_matches_ase_and_isolates_failures(chgnet) -> None:
-    from dao_flows.torchsim_relax import torchsim_relax
+    from dao_flows.torchsim_relax import CHGNetTorchSimModel, torchsim_relax
 
     warnings.filterwarnings("ignore")
     e_ase, a_ase = ase_relax(nacl(), chgnet)
+    strict = CHGNetTorchSimModel(chgnet, device="cpu", on_isolated_atoms="error")
     results, stats = torchsim_relax(
-        [nacl(), isolated(), cscl()], fmax=FMAX, steps=STEPS, device="cpu", model=chgnet
+        [nacl(), isolated(), cscl()], fmax=FMAX, steps=STEPS, device="cpu", model=strict
     )
     assert len(results) == 3
     good_nacl, bad, good_cscl = results
@@ -95,7 +96,7 @@ def test_adapter_reports_failing_system_without_raising(chgnet) -> None:
 
     from dao_flows.torchsim_relax import CHGNetTorchSimModel
 
-    model = CHGNetTorchSimModel(chgnet, device="cpu")
+    model = CHGNetTorchSimModel(chgnet, device="cpu", on_isolated_atoms="error")
     state = ts.io.structures_to_state([nacl(), isolated()], model.device, model.dtype)
     out = model(state)
     assert out["energy"].shape == (2,) and out["stress"].shape == (2, 3, 3)
