@@ -30,7 +30,6 @@ _EXPORTS = {
     "ranked_structures": "dao_flows.queries",
     "export_structures": "dao_flows.queries",
     "submit_flow": "dao_flows.fireworks",
-    "run_csp": "dao_flows.local",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -52,9 +52,18 @@ def add_option_arguments(parser: argparse.ArgumentParser, relax: str | None = No
     parser.add_argument("--refine-top", type=int, help="re-rank the K best with SevenNet (0: off)")
 
 
-def given_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Only the options given on the command line: the rest are the Makers' defaults."""
-    return {k: v for k, v in vars(args).items() if k in OPTIONS and v is not None}
+def given_options(given: argparse.Namespace | dict[str, Any]) -> dict[str, Any]:
+    """The CSP options a user gave (None or [] = not given), from keyword arguments or an
+    argparse namespace (its other arguments ignored): the rest stay the Makers' defaults.
+    Guidance "none" turns guidance off; structure paths become strings."""
+    if isinstance(given, argparse.Namespace):
+        given = {k: v for k, v in vars(given).items() if k in OPTIONS}
+    options = {k: v for k, v in given.items() if v is not None and v != []}
+    if str(options.get("guidance", "")).lower() == "none":
+        options["guidance"] = None
+    if "structures" in options:
+        options["structures"] = [str(path) for path in options["structures"]]
+    return options
 
 
 def candidate_ids(n: int, n_random: int, n_template: int = 0, n_user: int = 0) -> list[str]:
@@ -168,12 +177,8 @@ class DAOCSPMaker(Maker):
             raise DAOInputError(
                 f"relax mode must be 'per-candidate' or 'batched', got {self.relax_mode!r}"
             )
-        batched = self.batched_relax_maker
-        if self.relax_mode == "batched" and str(batched.force_field_name).lower() != "chgnet":
-            raise DAOInputError(
-                f"batched relaxation supports CHGNet only, not {batched.force_field_name!r}; "
-                "use relax='per-candidate' for other force fields"
-            )
+        if self.relax_mode == "batched":
+            self.batched_relax_maker.check_force_field()
         from dao_core.checkpoint import resolve
 
         for ckpt in (gen_maker.model, gen_maker.guidance, self.ranking_maker.score_model):
@@ -197,6 +202,7 @@ class DAOCSPMaker(Maker):
             relaxations: Any = batch.output
             settings = _relax_settings(self.batched_relax_maker)
         else:
+            batched = self.batched_relax_maker  # its settings serve both routes
             relax_maker = self.relax_maker or default_relax_maker(
                 batched.force_field_name, batched.fmax, batched.steps, device=batched.device
             )

@@ -79,27 +79,6 @@ def run_flow(
     return flow.output.resolve(store=store, on_missing=OnMissing.NONE)
 
 
-def run_csp(
-    formula: str,
-    store: JobStore | None = None,
-    root_dir: str | Path | None = None,
-    on_job: Callable[[str, str], None] | None = None,
-    **options: Any,
-) -> CSPResultDoc:
-    """Build :func:`dao_flows.flows.dao_csp_flow` (``**options``), run it here, return the
-    :class:`CSPResultDoc` (also stored in the job store)."""
-    flow = dao_csp_flow(formula, **options)
-    result = run_flow(flow, store=store, root_dir=root_dir, on_job=on_job)
-    if result is None:
-        raise RuntimeError(
-            f"the CSP flow for {formula} produced no result (the generation or ranking job "
-            "failed; see the log above)"
-        )
-    if isinstance(result, dict):
-        result = CSPResultDoc.model_validate(result)
-    return result
-
-
 def run_dao_side(formula: str, **options: Any) -> tuple[Any, float]:
     """The whole DAO route for ``formula`` in this process on an in-memory store:
     generation -> batched CHGNet relaxation -> ranking. Returns (best structure, wall seconds).
@@ -108,13 +87,13 @@ def run_dao_side(formula: str, **options: Any) -> tuple[Any, float]:
     """
     import time
 
-    options = {"n": 8, "relax": "batched", **options}
+    options = {"n": 8, **options}
     started = time.perf_counter()
     result = run_in_memory(dao_csp_flow(formula, **options))
     return result.polymorphs[0].structure, time.perf_counter() - started
 
 
-def run_in_memory(flow: Flow) -> Any:
+def run_in_memory(flow: Flow) -> CSPResultDoc:
     """Run a CSP flow in this process on an in-memory store; its :class:`CSPResultDoc`."""
     from jobflow import JobStore
     from maggma.stores import MemoryStore

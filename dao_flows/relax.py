@@ -118,15 +118,23 @@ class BatchedRelaxMaker(Maker):
     optimizer: Literal["fire", "torch-sim"] = "fire"
     calculator_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. SevenNet's model
 
-    @batched_relax_job
-    def make(self, generation: GenerationDoc | list[CandidateDoc]) -> BatchedRelaxDoc:
+    def check_force_field(self) -> None:
+        """DAOInputError unless this optimiser can run the force field (the flow asks before
+        creating jobs; the Maker also holds the per-candidate route's settings, so any force
+        field may sit here when that route runs)."""
+        from dao_core.errors import DAOInputError
+
         supported = ("CHGNet", "SevenNet") if self.optimizer == "torch-sim" else ("CHGNet",)
         if self.force_field_name.lower() not in {name.lower() for name in supported}:
-            raise ValueError(
+            raise DAOInputError(
                 f"batched relaxation with optimizer {self.optimizer!r} supports "
                 f"{' and '.join(supported)}, not {self.force_field_name!r}; use the "
                 "per-candidate route for other force fields"
             )
+
+    @batched_relax_job
+    def make(self, generation: GenerationDoc | list[CandidateDoc]) -> BatchedRelaxDoc:
+        self.check_force_field()
         candidates = generation.candidates if isinstance(generation, GenerationDoc) else generation
         todo = [c for c in candidates if c.valid and c.structure is not None]
         relaxed, stats = self._relax([c.structure for c in todo])

@@ -45,6 +45,7 @@ def chgnet():
         ("NaCl", {"n": 0}, "at least 1"),
         ("NaCl", {"n_random": -1}, ">= 0"),
         ("NaCl", {"n_template": -1}, "template candidates must be >= 0"),
+        ("NaCl", {"force_field": "MACE"}, "supports CHGNet, not 'MACE'"),
         ("", {}, "formula"),
     ],
 )

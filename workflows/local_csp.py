@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("formula", nargs="?", default="CsV3Sb5")
     add_option_arguments(ap)
     ap.add_argument("--model", default=None, help="DAO-G checkpoint (name or path)")
-    ap.add_argument("--guidance", default="default", help="DAO-P checkpoint")
+    ap.add_argument("--guidance", help="DAO-P checkpoint, or 'none'")
     args = ap.parse_args()
 
     options = given_options(args)

@@ -27,9 +27,9 @@ from dao_flows.cli.models import Limit, Split
 @input_errors_exit
 def benchmark_csp(
     data: Annotated[Path, typer.Option(help="reference structures (CDVAE-layout CSV)")],
-    n: N = 20,
-    n_random: NRandom = 40,
-    n_template: NTemplate = 20,
+    n: N = None,
+    n_random: NRandom = None,
+    n_template: NTemplate = None,
     templates: Templates = None,
     split: Split = None,
     limit: Limit = None,
@@ -62,11 +62,14 @@ def benchmark_csp(
     from dao_core.data import held_out_ids, load_csv
     from dao_core.errors import DAOInputError
     from dao_flows.benchmark_csp import rows_from_json, run_benchmark_csp, summarise, to_json
+    from dao_flows.flows import DAOCSPMaker, default_options, given_options
 
     records = load_csv(data)
     if split is not None:
         keep = held_out_ids(split)
-        records = [r for r in records if r.material_id in keep] or records
+        records = [r for r in records if r.material_id in keep]
+        if not records:  # never fall back to the whole file: it may be training data
+            raise DAOInputError(f"--split {split}: none of its held-out ids is in {data}")
     records = records[:limit] if limit else records
     if sample is not None and sample < len(records):  # files are often sorted by size
         chosen = np.random.default_rng(seed).choice(len(records), sample, replace=False)
@@ -78,12 +81,15 @@ def benchmark_csp(
             raise DAOInputError(f"--ids {ids}: not in {data}: {', '.join(missing[:5])}")
         records = [by_id[i] for i in wanted]
     if shard is not None:
-        index, count = (int(part) for part in shard.split("/"))
-        if not 0 <= index < count:
+        index, _, count = shard.partition("/")
+        if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
             raise DAOInputError(f"--shard {shard}: expected I/N with 0 <= I < N")
-        records = records[index::count]
-    options = dict(n=n, n_random=n_random, n_template=n_template, templates=templates,
-                   seed=seed, device=device)  # fmt: skip
+        records = records[int(index) :: int(count)]
+    # Only what was given goes to the flow (the rest are the Makers' defaults); the JSON
+    # records every option as it ran.
+    options = given_options(dict(n=n, n_random=n_random, n_template=n_template,
+                                 templates=templates, seed=seed, device=device))  # fmt: skip
+    ran_with = {k: v for k, (v, _) in default_options(DAOCSPMaker.from_options(**options)).items()}
     done = []
     if json_out and json_out.is_file():  # resume: keep the compositions already benchmarked
         done = rows_from_json(json.loads(json_out.read_text()))
@@ -92,7 +98,7 @@ def benchmark_csp(
     def save(rows: list) -> None:
         bar.update(task, completed=len(rows), description=rows[-1].formula)
         if json_out:
-            json_out.write_text(json.dumps(to_json(rows, summarise(rows), options), indent=1))
+            json_out.write_text(json.dumps(to_json(rows, summarise(rows), ran_with), indent=1))
 
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:  # fmt: skip
@@ -116,5 +122,5 @@ def benchmark_csp(
         f"median {summary['median_seconds']:.0f} s each"
     )
     if json_out:
-        json_out.write_text(json.dumps(to_json(rows, summary, options), indent=1))
+        json_out.write_text(json.dumps(to_json(rows, summary, ran_with), indent=1))
         console.print(f"rows and summary in {json_out}")

@@ -63,21 +63,6 @@ def store_errors_exit(func):  # type: ignore[no-untyped-def]
     return wrapper
 
 
-def _flow_options(**given: Any) -> dict[str, Any]:
-    """The options the user gave (None = not given): every other default stays the Makers'
-    own (``DAOCSPMaker.from_options``), so the CLI never restates a number."""
-    from dao_core.errors import DAOInputError
-
-    opts = {k: v for k, v in given.items() if v is not None and v != []}
-    if opts.get("relax", "batched") not in ("batched", "per-candidate"):
-        raise DAOInputError(f"--relax must be 'batched' or 'per-candidate', not {opts['relax']!r}")
-    if str(opts.get("guidance", "")).lower() == "none":
-        opts["guidance"] = None
-    if "structures" in opts:
-        opts["structures"] = [str(p) for p in opts["structures"]]
-    return opts
-
-
 # Options shared by `dao csp` and `dao submit`.
 # Defaults left as None are the Makers' own (dao_flows.flows.DAOCSPMaker.from_options).
 N = Annotated[
@@ -128,15 +113,17 @@ def _shared_flow_options(
 
 def flow_options(command):  # type: ignore[no-untyped-def]
     """Declare the shared flow options once: the command's CLI signature gains them, and the
-    command receives those the user set as ``options`` (checked by _flow_options)."""
+    command receives those the user set as ``options`` (dao_flows.flows.given_options)."""
     shared = inspect.signature(_shared_flow_options, eval_str=True).parameters
     own = inspect.signature(command, eval_str=True).parameters.values()
     own = [p for p in own if p.name != "options"]
 
     @functools.wraps(command)
     def wrapper(**kwargs):  # type: ignore[no-untyped-def]
+        from dao_flows.flows import given_options
+
         given = {name: kwargs.pop(name) for name in shared}
-        return command(**kwargs, options=_flow_options(**given))
+        return command(**kwargs, options=given_options(given))
 
     wrapper.__signature__ = inspect.Signature([*own, *shared.values()])  # type: ignore[attr-defined]
     wrapper.__annotations__ = {**_shared_flow_options.__annotations__, **command.__annotations__}

@@ -212,10 +212,12 @@ def relax_dataset(
 @input_errors_exit
 def sample(
     formula: str,
-    model: Annotated[str, typer.Option(help="DAO-G checkpoint or bundled name")] = "dao-g-base",
+    model: Annotated[
+        str | None, typer.Option(help="DAO-G checkpoint or bundled name (default: $DAO_G_MODEL)")
+    ] = None,
     n: Annotated[int, typer.Option(help="number of structures")] = 4,
     guidance: Annotated[str | None, typer.Option(help="DAO-P for energy guidance")] = None,
-    scale: Annotated[float, typer.Option(help="guidance scale w")] = 0.0,
+    scale: Annotated[float | None, typer.Option(help="guidance scale w")] = None,
     steps: Annotated[int | None, typer.Option(help="sampling steps (default: model's)")] = None,
     formula_units: int | None = None,
     seed: int | None = None,
@@ -223,10 +225,13 @@ def sample(
     out: Annotated[Path, typer.Option(help="folder for the CIFs")] = Path("samples"),
 ) -> None:
     """Generate N structures for FORMULA and write them as CIFs."""
-    from dao_core.csp import generate
+    from dao_core.csp import DEFAULT_SCALE, generate
     from dao_core.metrics import structure_validity
+    from dao_flows.generation import default_generator
 
-    result = generate(formula, n, model, guidance, scale, steps, formula_units, seed, device)
+    scale = DEFAULT_SCALE if scale is None else scale
+    result = generate(formula, n, model or default_generator(), guidance, scale, steps,
+                      formula_units, seed, device)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     table = Table("file", "formula", "space group", "volume / atom (A^3)", "valid")
     for i, structure in enumerate(result.structures):

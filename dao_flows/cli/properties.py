@@ -177,15 +177,15 @@ def predict(
     """Predict a property: ensemble mean ± spread (standard deviation) over the fold members."""
     import numpy as np
 
-    from dao_core.data import record_from_structure
+    from dao_core.data import MAX_ATOMS, record_from_structure
     from dao_core.errors import DAOInputError
     from dao_core.properties import load_property_model
 
     ensemble = load_property_model(model, device=device)
     named = read_structures(structures, primitive)
-    too_big = [n for n, s in named if len(s) > 100]
+    too_big = [n for n, s in named if len(s) > MAX_ATOMS]
     if too_big:
-        raise DAOInputError(f"structures over 100 atoms (the backbone's limit): {too_big}")
+        raise DAOInputError(f"structures over {MAX_ATOMS} atoms (the backbone's limit): {too_big}")
     records = [record_from_structure(s, material_id=n) for n, s in named]
     values = ensemble.predict_records(records)
     spec = ensemble.spec
