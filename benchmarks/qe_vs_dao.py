@@ -84,8 +84,10 @@ def benchmark_formula(
 ) -> dict[str, object]:
     """One table row: the DAO route for ``formula`` and a pw.x vc-relax from ``start`` (a
     strained prototype by default), the time ratio, and the RMSE between the two results under
-    the benchmark's StructureMatcher (stol 0.5, ltol 0.3, angle_tol 10)."""
+    DiffCSP's StructureMatcher tolerances (dao_core.metrics.MATCHER_KWARGS)."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from dao_core.metrics import MATCHER_KWARGS
 
     source = "given"
     if start is None:
@@ -102,9 +104,7 @@ def benchmark_formula(
     v1 = doc.structure.volume / len(doc.structure) if doc.structure else None
     rmse = None
     if dao_structure is not None and doc.structure is not None:
-        rms = StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10).get_rms_dist(
-            dao_structure, doc.structure
-        )
+        rms = StructureMatcher(**MATCHER_KWARGS).get_rms_dist(dao_structure, doc.structure)
         rmse = rms[0] if rms else None
     return {
         "formula": start.composition.reduced_formula,

@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from collections import Counter
 
 import numpy as np
 import torch
 from pymatgen.analysis.structure_matcher import FrameworkComparator, StructureMatcher
-from pymatgen.core import Composition
 from rich.console import Console
 from rich.table import Table
 
 from dao_core.checkpoint import load_model
 from dao_core.csp import sample_batch, score_energy
-from dao_core.data import CrystalRecord, held_out_ids, load_csv
+from dao_core.data import held_out_ids, load_csv
+from dao_core.data.compositions import reduced_formula
 from dao_core.metrics import MATCHER_KWARGS, match
 
 
@@ -47,8 +46,8 @@ def main() -> None:
     keep = held_out_ids(args.split)
     every = load_csv(args.data)
     records = [r for r in every if r.material_id in keep]
-    trained = {reduced_formula(r) for r in every if r.material_id not in keep}
-    twin = np.array([reduced_formula(r) in trained for r in records])
+    trained = {reduced_formula(r.atomic_numbers) for r in every if r.material_id not in keep}
+    twin = np.array([reduced_formula(r.atomic_numbers) in trained for r in records])
     refs = [r.to_structure() for r in records]
     model = load_model(args.model, device=args.device)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
@@ -86,10 +85,6 @@ def main() -> None:
             rate = f"{hit[:, rows].mean():.3f}"
             table.add_row(f"match, one draw: {name} ({rows.sum()} crystals)", rate)
     Console().print(table)
-
-
-def reduced_formula(record: CrystalRecord) -> str:
-    return Composition(Counter(record.atomic_numbers.tolist())).reduced_formula
 
 
 if __name__ == "__main__":

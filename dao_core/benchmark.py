@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from pymatgen.core import Structure
@@ -33,15 +34,15 @@ class BenchmarkResult:
     matching_s: float
     steps: int
     scale: float
-    sampling: dict
+    sampling: dict[str, float]  # SamplerSettings fields
     device: str
-    generator: dict | None
-    guidance: dict | None
+    generator: dict[str, str] | None  # csp.model_info
+    guidance: dict[str, str] | None
     material_ids: list[str]
     rms_per_crystal: list[float | None]  # None = not matched
     predictions: list[list[Structure | None]] = field(repr=False, default_factory=list)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Metrics and per-crystal RMS (JSON-ready; the predicted structures are left out)."""
         out = asdict(self)
         del out["predictions"]

@@ -41,6 +41,12 @@ def model_info(model: DAOModel | None) -> dict[str, str] | None:
     return {"name": model.name, "kind": model.kind, "sha256": model.content_hash}
 
 
+def fresh_seed() -> int:
+    """A seed from OS entropy, for runs given none: callers record it so the run can be
+    repeated; below 2**31 so numpy and every torch device accept it."""
+    return int(np.random.SeedSequence().entropy % 2**31)
+
+
 def sample_batch(
     model: DAOModel,
     compositions: Sequence[np.ndarray],
@@ -54,10 +60,10 @@ def sample_batch(
 ) -> list[Structure]:
     """One structure per composition (arrays of atomic numbers), sampled in padded batches.
 
-    Compositions are sampled in batches of similar size (:func:`size_buckets`; one shape per
-    ``batch_size`` when compiling, as each shape compiles anew); results come back in input
-    order. ``sampling=None`` uses the model's own sampler settings; ``compile`` see
-    DAOModel.sample.
+    Compositions are sampled in batches of similar size (:func:`size_buckets`; when compiling,
+    the fewest batches, as each shape compiles anew, though each ``batch_size`` chunk is still
+    padded to its own largest crystal); results come back in input order. ``sampling=None``
+    uses the model's own sampler settings; ``compile`` see DAOModel.sample.
     """
     out: list[Structure | None] = [None] * len(compositions)
     device = model.device
@@ -99,7 +105,7 @@ def generate(
     if guide is not None and guide.kind != "dao-p":
         raise DAOInputError(f"guidance model {guide.name} is not a DAO-P model")
     if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**31))
+        seed = fresh_seed()
     rng = torch.Generator(device=dev).manual_seed(seed)
     started = time.perf_counter()
     structures = sample_batch(

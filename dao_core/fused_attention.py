@@ -28,8 +28,9 @@ import triton.language as tl
 
 # Crystals of up to 32 sites: the tiles measured free of register spills on sm_90 (larger
 # cells take the PyTorch path).
-MAX_ATOMS = 32
-# Rows of a stacked tile (0: one crystal per program, as first timed; benchmarks compare both).
+FUSED_MAX_SITES = 32
+# Rows of a stacked tile; benchmarks compare 0, the smallest tile tl.dot allows: max(16,
+# N rounded up to a power of two) rows, which still stacks 16 // N crystals of N <= 8 sites.
 STACK_ROWS = 32
 # Launch options (Triton's defaults on sm_90; benchmarks/attention_kernel_sweep.py times others).
 NUM_WARPS = 4
@@ -38,10 +39,10 @@ NUM_STAGES = 3
 
 def enabled(x: torch.Tensor) -> bool:
     """Whether the layer should use the kernel for this call: hidden states ``x`` (B, N, H)
-    on a GPU, no gradient, N <= MAX_ATOMS, unless ``DAO_FUSED_ATTENTION=0``."""
+    on a GPU, no gradient, N <= FUSED_MAX_SITES, unless ``DAO_FUSED_ATTENTION=0``."""
     if os.environ.get("DAO_FUSED_ATTENTION", "1") == "0" or torch.is_grad_enabled():
         return False
-    if x.shape[-2] > MAX_ATOMS:
+    if x.shape[-2] > FUSED_MAX_SITES:
         return False
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -151,7 +152,7 @@ def tile_sizes(n: int, dim: int, k3: int) -> dict[str, int]:
     (with one crystal per program, reloading it was most of a 5-atom step: H100 profile in
     docs/performance.md). Chunks of 32 frequencies keep the base and paper presets free of
     register spills on sm_90 (64 spilled; ptxas -v)."""
-    assert n <= MAX_ATOMS
+    assert n <= FUSED_MAX_SITES
     rows = max(16, 1 << (n - 1).bit_length(), STACK_ROWS)
     return dict(
         D=dim, K3=k3, BLOCK_N=rows, BLOCK_D=max(16, 1 << (dim - 1).bit_length()),

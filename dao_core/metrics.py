@@ -6,7 +6,6 @@ normalised RMSE, with 1 sample or k samples per test crystal.
 from __future__ import annotations
 
 import itertools
-import multiprocessing as mp
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -19,6 +18,7 @@ import smact
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Element, Structure
 
+from dao_core.data.files import mp_context
 from dao_core.errors import DAOInputError
 
 MATCHER_KWARGS = {"stol": 0.5, "angle_tol": 10, "ltol": 0.3}  # DiffCSP; other settings default
@@ -181,7 +181,7 @@ class CSPMetrics:
     valid_fraction: float  # valid predictions / all predictions (failed samples count invalid)
     rms_per_crystal: list[float | None] = field(default_factory=list, repr=False)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, float | int | None]:
         return {
             "match_rate": self.match_rate,
             "rmse": self.rmse,
@@ -203,13 +203,6 @@ def _evaluate_crystal(
     rms = [match(p, gt) for p, ok in zip(preds, valid, strict=True) if ok]
     rms = [r for r in rms if r is not None]
     return (min(rms) if rms else None), sum(valid)
-
-
-def _mp_context() -> mp.context.BaseContext:
-    # fork: no re-import of __main__ (scripts without a main guard work) and instant start;
-    # workers only run pymatgen/numpy, never CUDA.
-    methods = mp.get_all_start_methods()
-    return mp.get_context("fork" if "fork" in methods else "spawn")
 
 
 def evaluate_csp(
@@ -240,7 +233,7 @@ def evaluate_csp(
         results = [_evaluate_crystal(t) for t in tasks]
     else:
         chunk = max(1, n // (workers * 8))  # small chunks: match times vary a lot per crystal
-        with ProcessPoolExecutor(workers, mp_context=_mp_context()) as pool:
+        with ProcessPoolExecutor(workers, mp_context=mp_context()) as pool:
             results = list(pool.map(_evaluate_crystal, tasks, chunksize=chunk))
     rms = [r for r, _ in results]
     matched = np.array([r for r in rms if r is not None], dtype=float)

@@ -29,10 +29,11 @@ except ImportError:
 
 @dataclass(frozen=True)
 class CrysformerConfig:
-    hidden: int = 384
-    layers: int = 12
-    heads: int = 8
-    fourier: int = 128  # K: Fourier frequencies per fractional-coordinate component
+    # No size defaults: PRESETS holds the named sizes (the paper's is one of them).
+    hidden: int
+    layers: int
+    heads: int
+    fourier: int  # K: Fourier frequencies per fractional-coordinate component
     time_dim: int = 256
     elements: str = "learned"  # "learned": an embedding per Z; "descriptors": dao_core.elements
 

@@ -27,6 +27,7 @@ from pymatgen.core import Composition, Element
 
 from dao_core.dao import DAOModel
 from dao_core.data import CrystalBatch, CrystalRecord, bucketed_batches
+from dao_core.data.compositions import reduced_formula
 from dao_core.errors import DAOInputError
 from dao_core.properties import PropertyModel, PropertySpec, features, pooled
 
@@ -34,14 +35,6 @@ log = logging.getLogger(__name__)
 
 # The paper's case studies (../shared/cases) and close relatives: evaluation only, never trained on.
 CASE_FORMULAS = frozenset({"CsV3Sb5", "KV3Sb5", "RbV3Sb5", "Zr4Rh2O", "Zr4Pd2O", "Cr3Os"})
-
-
-def reduced_formula(numbers: Sequence[int] | np.ndarray) -> str:
-    counts: dict[str, float] = {}
-    for z in numbers:
-        symbol = Element.from_Z(int(z)).symbol
-        counts[symbol] = counts.get(symbol, 0) + 1
-    return Composition(counts).reduced_formula
 
 
 def is_case_composition(formula: str) -> bool:

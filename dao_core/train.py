@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,15 +60,17 @@ class TrainConfig:
     energy_loss: str = "mse"
     label_name: str = "energy_per_atom"
     label_unit: str = "eV/atom"
-    per_dataset: dict = field(default_factory=dict)  # label statistics when standardised per set
+    # label statistics (mean, std) per dataset, when standardised per set
+    per_dataset: dict[str, dict[str, float]] = field(default_factory=dict)
     max_pairs: int | None = None  # B * Nmax^2 per batch (default 1M on GPU, 4096 on CPU)
     eval_every: int = 500
     save_every: int = 1000
     time_limit: float | None = None  # seconds; checkpoint and stop, to resume later
     time_budget: float | None = None  # seconds; the whole run, schedule included, ends by then
     ema_decay: float | None = None  # keep an exponential moving average of the weights: "final"
-    record: dict = field(default_factory=dict)  # provenance written into the checkpoint
-    sampling: dict = field(default_factory=dict)  # SamplerSettings fields to save with the model
+    record: dict[str, Any] = field(default_factory=dict)  # provenance written into the checkpoint
+    # SamplerSettings fields to save with the model
+    sampling: dict[str, float] = field(default_factory=dict)
 
 
 class _Loss(nn.Module):

@@ -19,9 +19,10 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Structure
 
 from dao_core.data import CrystalRecord
+from dao_core.metrics import MATCHER_KWARGS
 
 TOLERANCES = {
-    "diffcsp": dict(stol=0.5, angle_tol=10, ltol=0.3),
+    "diffcsp": MATCHER_KWARGS,
     "cspbench": dict(stol=0.3, angle_tol=5, ltol=0.2),
 }
 # Source mixes scored from one run: the best-ranked polymorph that one of the mix's sources

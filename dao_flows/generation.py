@@ -245,13 +245,13 @@ class DAOGenerationMaker(Maker):
 
     @generation_job
     def make(self, formula: str, formula_units: int | None = None) -> GenerationDoc:
-        from dao_core.csp import generate, score_energy
+        from dao_core.csp import fresh_seed, generate, score_energy
 
         formula_units = formula_units if formula_units is not None else self.formula_units
         atoms = validate_request(formula, self.n, self.n_random, formula_units, self.n_template)
         seed = self.seed
         if seed is None:  # pick one and record it, so every run is reproducible
-            seed = int(np.random.SeedSequence().entropy % (2**31))
+            seed = fresh_seed()
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pymatgen.core import Composition, Element, Structure
+from pymatgen.core import Element, Structure
 
+from dao_core.data.compositions import reduced_formula
 from dao_core.errors import DAOInputError
 
 BUNDLED = Path(__file__).parent / "data" / "templates-mp2025.npz"
@@ -170,7 +171,7 @@ class TemplateLibrary:
             if kind in types and len(repeats) >= n:
                 continue  # enough repeats to fill the slots already
             (repeats if kind in types else firsts).append((structure, {
-                "template": t.material_id, "template_formula": _formula(t.numbers),
+                "template": t.material_id, "template_formula": reduced_formula(t.numbers),
                 "library": self.source, "chemical_distance": round(float(distance), 3),
                 "supercell": scale,
             }))  # fmt: skip
@@ -255,12 +256,6 @@ def _structure_type(structure: Structure) -> tuple:
     return (data.number, tuple(sorted(
         (numbers[i], data.wyckoffs[i], int(m)) for i, m in zip(orbit, size, strict=True)
     )))  # fmt: skip
-
-
-def _formula(numbers: np.ndarray) -> str:
-    return Composition(
-        dict(zip(*np.unique(numbers, return_counts=True), strict=True))
-    ).reduced_formula
 
 
 def _load_npz(path: Path) -> TemplateLibrary:

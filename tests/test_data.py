@@ -32,6 +32,7 @@ from dao_core.data import (
     size_buckets,
     split_records,
 )
+from dao_core.data.compositions import reduced_formula
 from dao_core.errors import DAOInputError
 
 
@@ -54,6 +55,12 @@ def test_parse_composition_counts() -> None:
     assert len(parse_composition("CsV3Sb5", formula_units=2)) == 18
     assert len(parse_composition("Zr16Rh8O4")) == 28
     assert len(parse_composition("Fe", formula_units=100)) == 100
+
+
+def test_reduced_formula_of_atomic_numbers() -> None:
+    assert reduced_formula([11, 17, 17, 11]) == "NaCl"  # order and cell multiples do not matter
+    assert reduced_formula(parse_composition("CsV3Sb5", formula_units=2)) == "CsV3Sb5"
+    assert reduced_formula(np.array([8, 26, 8, 26, 8], dtype=np.int32)) == "Fe2O3"
 
 
 @pytest.mark.parametrize(
@@ -353,3 +360,11 @@ def test_size_buckets_cut_padding_and_keep_every_index() -> None:
     one_shape = size_buckets(sizes, batch_size=4096, batch_cost=np.inf)
     assert len(one_shape) == 1 and len(one_shape[0]) == len(sizes)
     assert [len(b) for b in size_buckets([3, 1, 2, 1], batch_size=2, batch_cost=0)] == [2, 1, 1]
+
+
+def test_size_buckets_infinite_cost_only_chunks() -> None:
+    # no padding cuts: the sorted indices in batch_size chunks, each padded to its own largest
+    sizes = np.array([5, 20, 5, 10, 10])
+    buckets = size_buckets(sizes, batch_size=2, batch_cost=np.inf)
+    assert [b.tolist() for b in buckets] == [[0, 2], [3, 4], [1]]
+    assert [int(sizes[b].max()) for b in buckets] == [5, 10, 20]  # three shapes, not one

@@ -24,6 +24,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
 from dao_core.data import record_from_structure
+from dao_core.metrics import MATCHER_KWARGS
 from dao_core.properties import load_property_model
 from dao_flows import dao_csp_flow, get_store
 from dao_flows.queries import get_result
@@ -47,7 +48,7 @@ CASES = {
     "Zr16Pd8O4": Case("Zr4Pd2O", 4, "Zr4Pd2O_eta_carbide_approx.cif", (2.73, 2.73), 0.0172, None),
 }
 # The benchmark's matcher (method doc section 7).
-MATCHER = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+MATCHER = StructureMatcher(**MATCHER_KWARGS)
 
 
 def run_case(name: str, args: argparse.Namespace) -> dict:

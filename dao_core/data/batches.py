@@ -185,9 +185,11 @@ def size_buckets(
 ) -> list[np.ndarray]:
     """Sampling batches of similar-sized crystals: indices sorted by atom count and cut where
     the padding a cut saves outweighs the cost of one more batch (``batch_cost``, see
-    :data:`BATCH_COST_ROWS`; ``inf`` keeps one shape, as ``torch.compile`` wants), each batch
-    at most ``batch_size`` long. Carbon-24's validation file (6-24 atoms, 2,032 crystals) in
-    one batch padded to 24 atoms is 2.2x the rows of its three GPU buckets."""
+    :data:`BATCH_COST_ROWS`), each batch at most ``batch_size`` long. ``inf`` makes no cut, so
+    the sorted indices are just chunked into the fewest batches, each still padded to its own
+    largest crystal: sizes [5, 20, 5, 10, 10] with ``batch_size`` 2 give three shapes (5, 10,
+    20 atoms). Carbon-24's validation file (6-24 atoms, 2,032 crystals) in one batch padded
+    to 24 atoms is 2.2x the rows of its three GPU buckets."""
     if batch_size < 1:
         raise DAOInputError(f"batch_size must be at least 1, got {batch_size}")
     sizes = np.asarray(sizes)

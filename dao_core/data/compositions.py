@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 from pymatgen.core import Composition, Element
@@ -64,3 +65,10 @@ def parse_composition(
             f"at most {max_atoms} atoms are supported"
         )
     return np.repeat(np.asarray(numbers, dtype=np.int64), counts)
+
+
+def reduced_formula(numbers: Sequence[int] | np.ndarray) -> str:
+    """The reduced formula of a cell's atomic numbers, in any order: [11, 17, 11, 17] -> NaCl."""
+    z, counts = np.unique(np.asarray(numbers, dtype=np.int64), return_counts=True)
+    amounts = {Element.from_Z(int(a)): int(c) for a, c in zip(z, counts, strict=True)}
+    return Composition(amounts).reduced_formula

@@ -61,7 +61,7 @@ def _parse_cif_chunk(args: tuple[list[Any], bool]) -> list[_Parsed]:
     return [_parse_cif(c, canonical) for c in cifs]
 
 
-def _mp_context() -> mp.context.BaseContext:
+def mp_context() -> mp.context.BaseContext:
     # fork: workers start instantly and need no importable __main__ (scripts without a
     # main guard work); they only run pymatgen/numpy, never CUDA.
     methods = mp.get_all_start_methods()
@@ -74,7 +74,7 @@ def _parse_all(cifs: list[Any], canonical: bool, workers: int | None = None) -> 
         return _parse_cif_chunk((cifs, canonical))
     size = max(16, math.ceil(len(cifs) / (workers * 8)))  # a few chunks per worker balances load
     chunks = [(cifs[i : i + size], canonical) for i in range(0, len(cifs), size)]
-    with _mp_context().Pool(min(workers, len(chunks))) as pool:
+    with mp_context().Pool(min(workers, len(chunks))) as pool:
         parts = pool.map(_parse_cif_chunk, chunks)
     return [p for part in parts for p in part]
 
