@@ -58,6 +58,10 @@ MAX_VOLUME_PER_ATOM = 500.0
 # atoms is flagged by the ranking's sanity check. "error" would drop such candidates on one
 # route but not the others.
 ISOLATED_ATOMS = "warn"
+# SevenNet's pretrained model wherever SevenNet runs without one named: the re-ranking's
+# default (refine.py) and torch-sim's SevenNet route (torchsim_relax.py). Here because both
+# import this module, and refine.py must not need torch-sim, which torchsim_relax.py imports.
+SEVENNET_MODEL = "7net-l3i5"
 
 
 def load_chgnet(device: str | None = None) -> Any:

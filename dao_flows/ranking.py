@@ -40,7 +40,9 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class _Outcome:
+class Outcome:
+    """One candidate's relaxation, as the ranking needs it (energy in eV/atom)."""
+
     candidate: CandidateDoc
     structure: Structure
     energy_per_atom: float
@@ -66,7 +68,7 @@ def _as_structure(obj: Any) -> Structure | None:
     return None
 
 
-def outcome_from_task_doc(candidate: CandidateDoc, doc: Any) -> tuple[_Outcome | None, str | None]:
+def outcome_from_task_doc(candidate: CandidateDoc, doc: Any) -> tuple[Outcome | None, str | None]:
     """Energy/structure of an atomate2-style relaxation output (force field, VASP, ...)."""
     structure = _as_structure(
         _get(doc, "output", "structure")
@@ -87,7 +89,7 @@ def outcome_from_task_doc(candidate: CandidateDoc, doc: Any) -> tuple[_Outcome |
     else:
         converged = bool(_get(doc, "is_force_converged"))
     return (
-        _Outcome(
+        Outcome(
             candidate,
             structure,
             float(energy_pa),
@@ -101,13 +103,13 @@ def outcome_from_task_doc(candidate: CandidateDoc, doc: Any) -> tuple[_Outcome |
 
 def outcome_from_batched(
     candidate: CandidateDoc, result: RelaxedCandidate | None
-) -> tuple[_Outcome | None, str | None]:
+) -> tuple[Outcome | None, str | None]:
     if result is None:
         return None, "missing from the batched relaxation output"
     if result.status != "relaxed" or result.structure is None or result.energy_per_atom is None:
         return None, result.reason or f"relaxation {result.status}"
     return (
-        _Outcome(
+        Outcome(
             candidate,
             result.structure,
             float(result.energy_per_atom),
@@ -161,7 +163,7 @@ class Relaxations:
     def info(self, c: CandidateDoc) -> dict[str, str]:
         return self.job_info[c.index] if c.index < len(self.job_info) else {}
 
-    def outcome(self, c: CandidateDoc) -> tuple[_Outcome | None, str | None]:
+    def outcome(self, c: CandidateDoc) -> tuple[Outcome | None, str | None]:
         if self.batched is not None:
             return outcome_from_batched(c, self.by_id.get(c.candidate_id))
         if self.per_candidate is None:
@@ -179,7 +181,7 @@ class Relaxations:
 
 def collect(
     candidates: list[CandidateDoc], relaxations: Relaxations
-) -> tuple[list[_Outcome], list[FailedCandidate]]:
+) -> tuple[list[Outcome], list[FailedCandidate]]:
     """Sane relaxed outcomes, and every other candidate as a failure naming its stage."""
     outcomes, failed = [], []
     for c in candidates:
@@ -201,11 +203,11 @@ def collect(
 
 
 def deduplicate(
-    outcomes: list[_Outcome], matcher: StructureMatcher
-) -> list[tuple[_Outcome, list[str]]]:
+    outcomes: list[Outcome], matcher: StructureMatcher
+) -> list[tuple[Outcome, list[str]]]:
     """Groups of matching structures, lowest energy first, each represented by its best
     member (with the candidate ids of the others)."""
-    groups: list[tuple[_Outcome, list[str]]] = []
+    groups: list[tuple[Outcome, list[str]]] = []
     for o in sorted(outcomes, key=lambda o: o.energy_per_atom):
         for rep, dups in groups:
             try:
@@ -221,7 +223,7 @@ def deduplicate(
 
 
 def rank(
-    groups: list[tuple[_Outcome, list[str]]], scores: list[float | None], symprec: float
+    groups: list[tuple[Outcome, list[str]]], scores: list[float | None], symprec: float
 ) -> list[RankedPolymorph]:
     """Ranked polymorphs: the plausible ones by energy, then the flagged ones, then those the
     potential failed on, so that rank 1 is a converged, trustworthy relaxation whenever there
@@ -264,7 +266,7 @@ def rank(
 
 
 def timings_of(
-    generation: GenerationDoc, relaxations: Relaxations, outcomes: list[_Outcome]
+    generation: GenerationDoc, relaxations: Relaxations, outcomes: list[Outcome]
 ) -> dict[str, float]:
     timings = {f"generation_{k}": v for k, v in generation.timings.items()}
     timings["generation_s"] = round(sum(generation.timings.values()), 4)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 XRD_TWO_THETA = (10.0, 80.0)  # degrees: the usual laboratory Cu Kα scan
 XRD_FWHM = 0.15  # degrees 2θ: a laboratory diffractometer's peak width
+XRD_TOP = 5  # polymorphs in the XRD figure unless asked otherwise (`dao csp --xrd-top`)
 RANKING_PNG = "energy_ranking.png"
 XRD_PNG = "xrd_top.png"
 SUMMARY_MD = "summary.md"
@@ -162,7 +163,7 @@ def xrd_label(p: RankedPolymorph) -> str:
     return f"#{p.rank}  {p.spacegroup_symbol}  {p.source}  {p.e_above_min_meV:.1f} meV/atom"
 
 
-def plot_xrd(result: CSPResultDoc, path: str | Path, top: int = 5) -> Path:
+def plot_xrd(result: CSPResultDoc, path: str | Path, top: int = XRD_TOP) -> Path:
     """Simulated XRD of the ``top`` best polymorphs stacked in one figure, best on top, each
     trace coloured by source and labelled with :func:`xrd_label`."""
     plt = pyplot()
@@ -352,7 +353,7 @@ def write_report(
     *,
     dft_rows: list[dict[str, Any]] | None = None,
     top: int | None = None,
-    xrd_top: int = 5,
+    xrd_top: int = XRD_TOP,
 ) -> dict[str, Path]:
     """Energy-ranking plot, stacked XRD of the ``xrd_top`` best and ``summary.md`` (linking
     the CIFs, figures and a ``dao_csp.log`` already there) in ``out_dir``; paths by name."""

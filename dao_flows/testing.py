@@ -9,6 +9,14 @@ exercising the workflow machinery, meaningless as predictions.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pytest is a dev dependency: only the annotations name it
+    from collections.abc import Iterator
+    from contextlib import AbstractContextManager
+
+    import pytest
+    from pymatgen.core import Structure
 
 
 def tiny_checkpoints(folder: str | Path, seed: int = 0) -> tuple[str, str]:
@@ -32,7 +40,7 @@ def tiny_checkpoints(folder: str | Path, seed: int = 0) -> tuple[str, str]:
 
 
 def isolate_environment(
-    monkeypatch, folder: str | Path, checkpoints: str | Path | None = None
+    monkeypatch: pytest.MonkeyPatch, folder: str | Path, checkpoints: str | Path | None = None
 ) -> dict[str, str]:
     """Point every DAO location at ``folder`` and hide user configuration (for tests).
 
@@ -60,7 +68,7 @@ def isolate_environment(
     return env
 
 
-def nan_structure():  # type: ignore[no-untyped-def]
+def nan_structure() -> Structure:
     """A 4-atom NaCl cell with a NaN coordinate: any relaxation of it raises."""
     import numpy as np
     from pymatgen.core import Lattice, Structure
@@ -72,7 +80,7 @@ def nan_structure():  # type: ignore[no-untyped-def]
     )
 
 
-def single_threaded():  # type: ignore[no-untyped-def]
+def single_threaded() -> AbstractContextManager[None]:
     """Context manager: one BLAS/OpenMP thread (threadpoolctl, when installed) and one torch
     thread. On a busy 2-core machine, threaded 3x3 LAPACK calls in ASE's cell filter and
     CHGNet's small kernels otherwise spin and run 10x slower."""
@@ -81,7 +89,7 @@ def single_threaded():  # type: ignore[no-untyped-def]
     import torch
 
     @contextlib.contextmanager
-    def _limit():  # type: ignore[no-untyped-def]
+    def _limit() -> Iterator[None]:
         old = torch.get_num_threads()
         torch.set_num_threads(1)
         try:

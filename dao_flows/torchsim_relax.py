@@ -13,9 +13,10 @@ Units: torch-sim works in eV, Å and eV/Å^3 with ASE's stress sign (virial = -V
 CHGNet returns energy per atom (eV/atom) and stress in GPa, converted with ``ase.units.GPa``.
 
 :func:`torchsim_relax` is a drop-in for :func:`dao_flows.batched_fire.batched_fire_relax`
-(same results type), chosen by ``BatchedRelaxMaker(optimizer="torch-sim")``; the hand-written
-FIRE stays the default because it lands closer to atomate2's route and runs faster on the CPU
-(docs/performance.md, ``benchmarks/torchsim_vs_ase.py``).
+(the same ``structures, model`` and keyword-only ``fmax``/``steps``/``relax_cell``/``device``,
+the same results type), chosen by ``BatchedRelaxMaker(optimizer="torch-sim")``; the
+hand-written FIRE stays the default because it lands closer to atomate2's route and runs
+faster on the CPU (docs/performance.md, ``benchmarks/torchsim_vs_ase.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ from torch_sim.models.interface import ModelInterface
 
 from dao_core.checkpoint import default_device
 from dao_core.data import right_handed_structure
-from dao_flows.batched_fire import ISOLATED_ATOMS, BatchRelaxResult, load_chgnet
+from dao_flows.batched_fire import (
+    ISOLATED_ATOMS,
+    SEVENNET_MODEL,
+    BatchRelaxResult,
+    load_chgnet,
+)
 from dao_flows.frechet_fire import frechet_cell_fire
 
 CellFilter = Literal["frechet", "unit"]
@@ -168,7 +174,7 @@ class CHGNetTorchSimModel(ModelInterface):
 
 
 def torchsim_model(
-    force_field_name: str = "CHGNet", device: str | None = None, model: str = "7net-l3i5"
+    force_field_name: str = "CHGNet", device: str | None = None, model: str = SEVENNET_MODEL
 ) -> ModelInterface:
     """A torch-sim model for an atomate2 force-field name: ``"CHGNet"`` through
     :class:`CHGNetTorchSimModel` (its graphs are built on the CPU, one structure at a time),
@@ -203,12 +209,12 @@ def _optimizer(model: ModelInterface, relax_cell: bool, cell_filter: CellFilter)
 
 def torchsim_relax(
     structures: Sequence[Structure],
+    model: Any = None,
+    *,
     fmax: float,
     steps: int,
     relax_cell: bool = True,
     device: str | None = None,
-    *,
-    model: Any = None,
     cell_filter: CellFilter = "frechet",
     max_memory_scaler: float | None = None,
 ) -> tuple[list[BatchRelaxResult], dict[str, Any]]:
@@ -224,8 +230,8 @@ def torchsim_relax(
     (``n_atoms_x_density`` units); unset, everything is one batch on the CPU or when the input
     has at most :data:`ONE_BATCH_ATOMS` atoms, and torch-sim estimates the cap otherwise.
 
-    ``fmax`` and ``steps`` are required (the Makers own the defaults); they stay positional
-    for ``RefineMaker``'s call. Returns one :class:`BatchRelaxResult` per input (same order)
+    ``fmax`` and ``steps`` are required and keyword-only, as in ``batched_fire_relax`` (the
+    Makers own the defaults). Returns one :class:`BatchRelaxResult` per input (same order)
     and run statistics (``model_calls``: the adapter's batched ``forward`` calls).
     """
     import torch_sim as ts

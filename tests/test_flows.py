@@ -76,11 +76,11 @@ def test_a_potential_failure_never_ranks_first():
     """Seen on the GPU benchmark (Gd3In3Pd3): CHGNet ran one random cell, unconverged, to
     -87 eV/atom. It must not be rank 1 nor make every real polymorph "high E": rank 1 is the
     best converged cell, energies count from it, the failure is flagged and ranked last."""
-    from dao_flows.ranking import _Outcome, rank
+    from dao_flows.ranking import Outcome, rank
 
-    def outcome(name: str, a: float, energy: float, converged: bool) -> _Outcome:
+    def outcome(name: str, a: float, energy: float, converged: bool) -> Outcome:
         c = CandidateDoc(candidate_id=name, index=0, source="pyxtal", structure=rocksalt(a))
-        return _Outcome(c, rocksalt(a), energy, converged, 300, None)
+        return Outcome(c, rocksalt(a), energy, converged, 300, None)
 
     broken = outcome("pyxtal-020", 9.0, -87.0, False)
     best = outcome("template-005", 5.64, -8.13, True)
@@ -326,6 +326,23 @@ def test_refine_reranks_the_best_with_sevennet(dao_env, tmp_path):
     unknown = RefineMaker(top=3, force_field_name="NoSuchPotential").rerank(result)
     assert unknown.polymorphs == result.polymorphs
     assert "error" in unknown.provenance["refined_by"]
+    # The ranking's tiers hold within the re-ranked top: a potential failure lands below an
+    # unconverged cell even where its new energy is lower; an old document's flag-less
+    # "implausible" counts as unconverged-like (tier 1), so the energy decides between them.
+    low, high = sorted(refined[:2], key=lambda p: p.refined_energy_per_atom)
+
+    def flagged(low_flag: str | None) -> list[str]:
+        marks = {low.candidate_id: low_flag, high.candidate_id: "unconverged"}
+        polys = [
+            p.model_copy(update={"flag": marks[p.candidate_id], "implausible": "flagged"})
+            for p in result.polymorphs
+            if p.candidate_id in marks
+        ]
+        reranked = RefineMaker(top=2).rerank(result.model_copy(update={"polymorphs": polys}))
+        return [p.candidate_id for p in reranked.polymorphs]
+
+    assert flagged("potential_failed") == [high.candidate_id, low.candidate_id]
+    assert flagged(None) == [low.candidate_id, high.candidate_id]
     # The same re-ranking as one torch-sim batch: the same order, energies within 1 meV/atom
     # (0.73 at most on 20 CsV3Sb5 candidates), and the broken polymorph still isolated.
     if importlib.util.find_spec("torch_sim"):

@@ -15,18 +15,18 @@ import pytest
 from csp_inputs import rocksalt
 
 from dao_flows.plausibility import Flag, reference_energy
-from dao_flows.ranking import _Outcome, rank
+from dao_flows.ranking import Outcome, rank
 from dao_flows.refine import RefineMaker
 from dao_flows.report import status_word
 from dao_flows.schemas import CandidateDoc, CSPResultDoc, RankedPolymorph
 
 
-def outcome(name: str, a: float, energy: float, converged: bool) -> _Outcome:
+def outcome(name: str, a: float, energy: float, converged: bool) -> Outcome:
     c = CandidateDoc(candidate_id=name, index=0, source="pyxtal", structure=rocksalt(a))
-    return _Outcome(c, rocksalt(a), energy, converged, 300, None)
+    return Outcome(c, rocksalt(a), energy, converged, 300, None)
 
 
-def ranked(*outcomes: _Outcome) -> list[RankedPolymorph]:
+def ranked(*outcomes: Outcome) -> list[RankedPolymorph]:
     return rank([(o, []) for o in outcomes], [None] * len(outcomes), symprec=0.1)
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,6 +19,8 @@ from rich.table import Table
 from dao_flows.cli import app
 
 console = Console()
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _wide_console() -> None:
@@ -26,11 +29,11 @@ def _wide_console() -> None:
     console = Console() if sys.stdout.isatty() else Console(width=140)
 
 
-def input_errors_exit(func):  # type: ignore[no-untyped-def]
+def input_errors_exit(func: Callable[P, R]) -> Callable[P, R]:
     """A DAOInputError ends the command with its message and exit code 2, not a traceback."""
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         from dao_core.errors import DAOInputError
 
         _wide_console()
@@ -43,12 +46,12 @@ def input_errors_exit(func):  # type: ignore[no-untyped-def]
     return wrapper
 
 
-def store_errors_exit(func):  # type: ignore[no-untyped-def]
+def store_errors_exit(func: Callable[P, R]) -> Callable[P, R]:
     """A job store whose server cannot be reached ends the command with exit code 1 and a
     message naming the server (never its password), not a pymongo traceback."""
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         from pymongo.errors import ConnectionFailure
 
         from dao_flows.stores import StoreUnreachable, get_store, unreachable_message
@@ -111,7 +114,7 @@ def _shared_flow_options(
     """The signature of the options `dao csp` and `dao submit` share (see flow_options)."""
 
 
-def flow_options(command):  # type: ignore[no-untyped-def]
+def flow_options(command: Callable[..., R]) -> Callable[..., R]:
     """Declare the shared flow options once: the command's CLI signature gains them, and the
     command receives those the user set as ``options`` (dao_flows.flows.given_options)."""
     shared = inspect.signature(_shared_flow_options, eval_str=True).parameters
@@ -119,7 +122,7 @@ def flow_options(command):  # type: ignore[no-untyped-def]
     own = [p for p in own if p.name != "options"]
 
     @functools.wraps(command)
-    def wrapper(**kwargs):  # type: ignore[no-untyped-def]
+    def wrapper(**kwargs: Any) -> R:
         from dao_flows.flows import given_options
 
         given = {name: kwargs.pop(name) for name in shared}
@@ -130,7 +133,7 @@ def flow_options(command):  # type: ignore[no-untyped-def]
     return wrapper
 
 
-def flow_command(command):  # type: ignore[no-untyped-def]
+def flow_command(command: Callable[..., R]) -> Callable[..., R]:
     """A command that runs or submits the CSP flow: the shared options, and input and store
     errors ending it with a message."""
     return app.command()(input_errors_exit(store_errors_exit(flow_options(command))))
@@ -170,7 +173,9 @@ def csp(
     options: dict[str, Any],
     out: Annotated[Path | None, typer.Option(help="folder for CIFs, figures, summary")] = None,
     top: Annotated[int | None, typer.Option(help="rows to print / CIFs to write")] = None,
-    xrd_top: Annotated[int, typer.Option(help="polymorphs in the XRD figure")] = 5,
+    xrd_top: Annotated[
+        int | None, typer.Option(help="polymorphs in the XRD figure (default: the report's)")
+    ] = None,
 ) -> None:
     """Predict crystal structures for FORMULA: DAO-G -> CHGNet relaxation -> ranking.
 
@@ -181,7 +186,7 @@ def csp(
     from dao_flows.flows import dao_csp_flow
     from dao_flows.logs import library_output_to
     from dao_flows.queries import dft_verifications, write_structures
-    from dao_flows.report import LOG_FILE, write_report
+    from dao_flows.report import LOG_FILE, XRD_TOP, write_report
     from dao_flows.schemas import CSPResultDoc
     from dao_flows.stores import closing_connections, describe_store, get_store
 
@@ -206,8 +211,9 @@ def csp(
         polys = result.polymorphs[:top] if top else result.polymorphs
         cifs = write_structures(polys, out_dir, "cif")
         files = write_report(
-            result, out_dir, where, cifs, dft_rows=dft_rows, top=top, xrd_top=xrd_top
-        )
+            result, out_dir, where, cifs, dft_rows=dft_rows, top=top,
+            xrd_top=XRD_TOP if xrd_top is None else xrd_top,
+        )  # fmt: skip
     t = result.timings
     console.print(
         f"timings: generation {t.get('generation_s', 0):.1f} s, relaxation "
