@@ -32,8 +32,9 @@ FUSED_MAX_SITES = 32
 # Rows of a stacked tile; benchmarks compare 0, the smallest tile tl.dot allows: max(16,
 # N rounded up to a power of two) rows, which still stacks 16 // N crystals of N <= 8 sites.
 STACK_ROWS = 32
-# Launch options (Triton's defaults on sm_90; benchmarks/attention_kernel_sweep.py times others).
-NUM_WARPS = 4
+# Launch options: 2 warps, 3 stages timed fastest on an H100 for both presets at 5 and 20 atoms
+# (1.3-1.9x Triton's default 4 warps; benchmarks/attention_kernel_sweep.py, docs/performance.md).
+NUM_WARPS = 2
 NUM_STAGES = 3
 
 
