@@ -56,7 +56,7 @@ def main() -> None:
             ax.plot(*np.array(val).T, "o", color=color, ms=4, label=f"{name} (validation)")
         for step in restarts:
             ax.axvline(step, color=color, ls=":", lw=0.8)
-    ax.set_xlabel("optimiser step (batch 512)")
+    ax.set_xlabel("optimiser step (batch: see each run's record)")
     ax.set_ylabel("diffusion loss (lattice + coordinates)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
