@@ -79,6 +79,7 @@ class DAOModel(nn.Module):
         if self.kind == "dao-p":
             # Masked mean, no boolean indexing: no host sync per step, and a batch without any
             # label gives 0 with the head still in the graph (DDP expects its gradients).
+            # Unlabelled entries are zeroed before exp: an inf there would make NaN gradients.
             pred = out.energy.float()
             if batch.energy is None:
                 target = torch.full_like(pred, float("nan"))
@@ -88,8 +89,7 @@ class DAOModel(nn.Module):
             pred, target = torch.where(known, pred, 0.0), torch.where(known, target, 0.0)
             if self.label.loss == "exp":  # weights low-energy structures more (authors' choice)
                 pred, target = torch.exp(-pred), torch.exp(-target)
-            err = torch.where(known, pred - target, 0.0)
-            losses["energy"] = err.square().sum() / known.sum().clamp(min=1)
+            losses["energy"] = (pred - target).square().sum() / known.sum().clamp(min=1)
         losses["total"] = sum(losses.values())
         return losses
 

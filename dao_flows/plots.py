@@ -91,10 +91,9 @@ def plot_ranking(result: CSPResultDoc, path: str | Path, top: int | None = 30) -
         ax.text(0.5, 0.5, "no relaxed candidates", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel("E − E$_{min}$ (meV/atom)")
     ax.set_xlabel("rank: space group")
-    ff = result.provenance.get("relaxation", {}).get("force_field_name", "CHGNet")
     ax.set_title(
         f"{result.formula}: {len(result.polymorphs)} unique of "
-        f"{result.n_candidates} candidates ({ff})",
+        f"{result.n_candidates} candidates ({result.relaxed_by})",
         fontsize=10,
     )
     return save_figure(fig, path)

@@ -54,7 +54,6 @@ def status_word(p: RankedPolymorph) -> str:
 def result_table(result: CSPResultDoc, top: int | None = None) -> Table:
     """The ranked polymorphs for the terminal. The formula is in the title and the headers
     take two lines, so that a run's table is at most 100 columns wide and never cut."""
-    relaxed_by = result.provenance.get("relaxation", {}).get("force_field_name", "CHGNet")
     table = Table(
         title=f"{result.formula}: {result.n_unique} unique / {result.n_candidates} "
         f"candidates ({result.relax_mode} relaxation)"
@@ -63,7 +62,7 @@ def result_table(result: CSPResultDoc, top: int | None = None) -> Table:
         ("#", {"justify": "right", "no_wrap": True}),
         ("space group", {"no_wrap": True}),
         ("E−Emin\nmeV/atom", {"justify": "right", "no_wrap": True}),
-        (f"E {relaxed_by}\neV/atom", {"justify": "right", "no_wrap": True}),
+        (f"E {result.relaxed_by}\neV/atom", {"justify": "right", "no_wrap": True}),
         ("DAO-P", {"justify": "right", "no_wrap": True}),
         ("source", {"no_wrap": True}),
         ("candidate", {"overflow": "fold"}),  # narrower terminals: wrapped, never cut
@@ -254,16 +253,16 @@ def summary_markdown(
         f"- date: {_date(result.created_at)}",
         f"- run: `{result.run_uuid}`, stored in `{store}`",
         f"- cell: {result.n_atoms} atoms, {z} formula unit(s)",
-        f"- relaxation: {result.relax_mode}, {relax.get('force_field_name', 'CHGNet')}, "
+        f"- relaxation: {result.relax_mode}, {result.relaxed_by}, "
         f"fmax {relax.get('fmax', '?')} eV/Å, at most {relax.get('steps', '?')} steps",
         f"- {result.n_candidates} candidates, {result.n_relaxed} relaxed, "
         f"{result.n_unique} unique, {len(result.failed)} failed",
     ]
-    reranked = [p for p in result.polymorphs if p.refined_e_above_min_meV is not None]
     if result.reranked_by:
+        n = sum(p.refined_e_above_min_meV is not None for p in result.polymorphs)
         lines.append(
-            f"- re-ranking: the best {len(reranked)} relaxed again with {result.reranked_by} "
-            f"and ranked by its energy (ranks 1-{len(reranked)})"
+            f"- re-ranking: the best {n} relaxed again with {result.reranked_by} "
+            f"and ranked by its energy (ranks 1-{n})"
         )
     if log_file:
         lines.append(f"- library warnings and logs: [{log_file}]({log_file})")
@@ -275,8 +274,7 @@ def summary_markdown(
     polys = result.polymorphs[:top] if top else result.polymorphs
     lines += ["## Ranked polymorphs", ""]
     names = [Path(c).name for c in cifs]
-    relaxed_by = relax.get("force_field_name", "CHGNet")
-    energy_columns = [f"E − E_min, {relaxed_by} (meV/atom)"]
+    energy_columns = [f"E − E_min, {result.relaxed_by} (meV/atom)"]
     if result.reranked_by:
         energy_columns.append(f"E − E_min, {result.reranked_by} (meV/atom)")
     lines += _table(

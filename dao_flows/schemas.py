@@ -16,6 +16,8 @@ from emmet.core.structure import StructureMetadata
 from pydantic import BaseModel, Field
 from pymatgen.core import Structure
 
+from dao_flows.plausibility import Flag
+
 Source = Literal["dao-g", "pyxtal", "template", "user"]
 
 # Packages whose versions go into every provenance block.
@@ -165,9 +167,9 @@ class RankedPolymorph(StructureMetadata):
     implausible: str | None = Field(
         None, description="why this polymorph is not a plausible structure (None: no reason)"
     )
-    flag: Literal["unconverged", "high_energy", "potential_failed"] | None = Field(
+    flag: Flag | None = Field(
         None,
-        description="kind of ``implausible`` (dao_flows.plausibility.Flag): 'unconverged' "
+        description="kind of ``implausible``: 'unconverged' "
         "(relaxation hit its step limit), 'high_energy' (far above the best), "
         "'potential_failed' (far below it: the potential left its training domain); None when "
         "plausible, or in documents written before this field",
@@ -220,6 +222,11 @@ class CSPResultDoc(BaseModel):
     @property
     def best(self) -> RankedPolymorph | None:
         return self.polymorphs[0] if self.polymorphs else None
+
+    @property
+    def relaxed_by(self) -> str:
+        """The force field that relaxed and ranked the pool (as recorded; CHGNet by default)."""
+        return self.provenance.get("relaxation", {}).get("force_field_name", "CHGNet")
 
     @property
     def reranked_by(self) -> str | None:

@@ -242,7 +242,7 @@ def torchsim_relax(
     if isinstance(model, ModelInterface):
         adapter = model
     else:
-        adapter = CHGNetTorchSimModel(model or load_chgnet(device), device=device)
+        adapter = CHGNetTorchSimModel(model, device=device)  # loads CHGNet when model is None
     chgnet = isinstance(adapter, CHGNetTorchSimModel)
     calls0, graphs0 = (adapter.calls, adapter.graphs_evaluated) if chgnet else (0, 0)
     # CHGNet's stress changes sign with the cell's handedness: relax right-handed cells only.

@@ -1,4 +1,4 @@
-"""Inputs shared by the CSP workflow tests (test_makers.py, test_flows.py, test_cli.py)."""
+"""Inputs shared by the CSP workflow and relaxation tests."""
 
 from __future__ import annotations
 
@@ -26,3 +26,12 @@ def rocksalt(a: float = 5.64) -> Structure:
 
 def cscl(a: float = 3.4) -> Structure:
     return Structure(Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def primitive_rocksalt(a: float) -> Structure:
+    """Rocksalt NaCl as its 2-atom primitive cell, conventional lattice constant ``a``."""
+    return rocksalt(a).get_primitive_structure()
+
+
+def caesium_chloride(a: float) -> Structure:
+    return Structure(Lattice.cubic(a), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])

@@ -13,23 +13,13 @@ from pymatgen.core import Lattice, Structure
 
 pytest.importorskip("chgnet", reason="chgnet not installed")
 
+from csp_inputs import caesium_chloride, primitive_rocksalt  # noqa: E402
+
 import dao_flows.batched_fire as bf  # noqa: E402
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 FMAX, STEPS = 0.05, 200
 MARKER_ATOMS = 1  # the injected failure hits the chunk holding the one-atom structure
-
-
-def nacl(a: float = 5.8) -> Structure:
-    """Rocksalt NaCl (primitive cell), conventional lattice constant ``a`` (strained)."""
-    conv = Structure.from_spacegroup(
-        "Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
-    )
-    return conv.get_primitive_structure()
-
-
-def cscl(a: float = 4.3) -> Structure:
-    return Structure(Lattice.cubic(a), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
 
 
 def copper() -> Structure:
@@ -47,7 +37,7 @@ def chgnet() -> Any:
 def test_failing_evaluation_fails_only_its_structure(chgnet, monkeypatch) -> None:
     """CHGNet raising for one structure's chunk (batch_size 2: [NaCl, Cu], [CsCl]) fails that
     structure alone, with the error text; the others relax to the energies of a clean run."""
-    starts = [nacl(), copper(), cscl()]
+    starts = [primitive_rocksalt(5.8), copper(), caesium_chloride(4.3)]
     clean, stats = bf.batched_fire_relax(starts, chgnet, fmax=FMAX, steps=STEPS, batch_size=2)
     assert all(r.error is None and r.converged for r in clean)
     # model_calls counts FIRE iterations: each structure is evaluated once per iteration.
@@ -91,12 +81,12 @@ def test_frechet_cell_forces_equal_the_nine_block_derivatives() -> None:
 def test_relax_settings_are_required(chgnet) -> None:
     """fmax and steps have no defaults in the free functions: the Makers own them."""
     with pytest.raises(TypeError, match="'fmax' and 'steps'"):
-        bf.batched_fire_relax([nacl()], chgnet)  # type: ignore[call-arg]
+        bf.batched_fire_relax([primitive_rocksalt(5.8)], chgnet)  # type: ignore[call-arg]
     pytest.importorskip("torch_sim")
     from dao_flows.torchsim_relax import torchsim_relax
 
     with pytest.raises(TypeError, match="'fmax' and 'steps'"):
-        torchsim_relax([nacl()], model=chgnet)  # type: ignore[call-arg]
+        torchsim_relax([primitive_rocksalt(5.8)], model=chgnet)  # type: ignore[call-arg]
 
 
 def test_both_routes_treat_isolated_atoms_alike(chgnet) -> None:

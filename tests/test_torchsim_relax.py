@@ -12,22 +12,11 @@ pytest.importorskip("torch_sim", reason="torch-sim-atomistic not installed (pip 
 pytest.importorskip("chgnet", reason="chgnet not installed")
 
 import torch  # noqa: E402
+from csp_inputs import caesium_chloride, primitive_rocksalt  # noqa: E402
 from pymatgen.core import Lattice, Structure  # noqa: E402
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 FMAX, STEPS = 0.05, 200
-
-
-def nacl(a: float = 6.0) -> Structure:
-    """Rocksalt NaCl (primitive cell), conventional lattice constant ``a`` (strained)."""
-    conv = Structure.from_spacegroup(
-        "Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
-    )
-    return conv.get_primitive_structure()
-
-
-def cscl(a: float = 4.4) -> Structure:
-    return Structure(Lattice.cubic(a), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
 
 
 def isolated() -> Structure:
@@ -60,10 +49,14 @@ def test_matches_ase_and_isolates_failures(chgnet) -> None:
     from dao_flows.torchsim_relax import CHGNetTorchSimModel, torchsim_relax
 
     warnings.filterwarnings("ignore")
-    e_ase, a_ase = ase_relax(nacl(), chgnet)
+    e_ase, a_ase = ase_relax(primitive_rocksalt(6.0), chgnet)
     strict = CHGNetTorchSimModel(chgnet, device="cpu", on_isolated_atoms="error")
     results, stats = torchsim_relax(
-        [nacl(), isolated(), cscl()], fmax=FMAX, steps=STEPS, device="cpu", model=strict
+        [primitive_rocksalt(6.0), isolated(), caesium_chloride(4.4)],
+        fmax=FMAX,
+        steps=STEPS,
+        device="cpu",
+        model=strict,
     )
     assert len(results) == 3
     good_nacl, bad, good_cscl = results
@@ -83,7 +76,7 @@ def test_matches_ase_and_isolates_failures(chgnet) -> None:
 def test_fixed_cell_keeps_lattice(chgnet) -> None:
     from dao_flows.torchsim_relax import torchsim_relax
 
-    start = cscl(4.3)
+    start = caesium_chloride(4.3)
     start.translate_sites([0], [0.03, 0.0, 0.0])
     (r,), _ = torchsim_relax([start], fmax=FMAX, steps=STEPS, relax_cell=False, model=chgnet)
     assert r.converged and r.error is None
@@ -97,7 +90,9 @@ def test_adapter_reports_failing_system_without_raising(chgnet) -> None:
     from dao_flows.torchsim_relax import CHGNetTorchSimModel
 
     model = CHGNetTorchSimModel(chgnet, device="cpu", on_isolated_atoms="error")
-    state = ts.io.structures_to_state([nacl(), isolated()], model.device, model.dtype)
+    state = ts.io.structures_to_state(
+        [primitive_rocksalt(6.0), isolated()], model.device, model.dtype
+    )
     out = model(state)
     assert out["energy"].shape == (2,) and out["stress"].shape == (2, 3, 3)
     assert torch.isfinite(out["energy"][0]) and torch.isnan(out["energy"][1])
@@ -112,7 +107,7 @@ def test_autobatcher_swaps_match_single_batch(chgnet) -> None:
 
     from dao_flows.torchsim_relax import torchsim_relax
 
-    starts = [nacl(), cscl()]
+    starts = [primitive_rocksalt(6.0), caesium_chloride(4.4)]
     state = ts.io.structures_to_state(starts, torch.device("cpu"), torch.float64)
     cap = max(calculate_memory_scaler(s, "n_atoms_x_density") for s in state.split())
     one, stats = torchsim_relax(starts, fmax=FMAX, steps=STEPS, model=chgnet)
@@ -128,7 +123,9 @@ def test_batched_relax_maker_runs_torch_sim(dao_env) -> None:
     from dao_flows.relax import BatchedRelaxMaker
     from dao_flows.schemas import CandidateDoc
 
-    ok = CandidateDoc(candidate_id="pyxtal-000", index=0, source="pyxtal", structure=nacl(5.8))
+    ok = CandidateDoc(
+        candidate_id="pyxtal-000", index=0, source="pyxtal", structure=primitive_rocksalt(5.8)
+    )
     bad = CandidateDoc(candidate_id="dao-g-000", index=1, source="dao-g", valid=False, issue="x")
     docs = {}
     for optimizer in ("fire", "torch-sim"):
@@ -153,7 +150,7 @@ def test_batched_relax_maker_sevennet_matches_rerank_route(dao_env) -> None:
     from dao_flows.schemas import CandidateDoc
 
     warnings.filterwarnings("ignore")
-    starts = [nacl(5.8), cscl(4.3)]
+    starts = [primitive_rocksalt(5.8), caesium_chloride(4.3)]
     docs = [
         CandidateDoc(candidate_id=f"pyxtal-00{i}", index=i, source="pyxtal", structure=s)
         for i, s in enumerate(starts)
