@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the bundled weights from the CDVAE-layout CSVs (docs/training.md has the details).
-#   bash scripts/train_models.sh [preprocess|dao-g|finetune|dao-p|labels|block2|evaluate|families|evaluate-families|block6|block7|all]
+#   bash scripts/train_models.sh [preprocess|dao-g|finetune|dao-p|labels|block2|evaluate|families|evaluate-families|continue-base|block7|all]
 # dao-g: DAO-G Stage I on the Materials Project corpus in three blocks chained by weights-only
 # warm restarts (as trained, 2026-12-02); finetune: per-family models from the second block;
 # dao-p: DAO-P (2026-11-24 recipe). Runs are cut by the recorded step counts, so the schedule
@@ -131,22 +131,23 @@ evaluate_families() {
     wait
 }
 
-block6() {
-    # Block 6 (prepared 2026-12-07): DAO-G continued from the shipped dao-g-base (block 4,
-    # whose validation loss was still falling) on the same corpus and batch, BUDGET seconds
-    # in one device call (work left in the background of a call does not survive it), with an
-    # exponential moving average of the weights as "final"; then fp16 export and mp20like @1
-    # over seeds 0-2 beside the shipped model, @20 on 400.
-    local data=$PRE/le20.npz,$PRE/perov5.npz,$PRE/carbon24.npz  # DAO-G uses no label
+continue_base() {
+    # Blocks 6 and 8: DAO-G continued from the shipped dao-g-base on the same corpus and batch,
+    # cosine over BUDGET seconds, with an exponential moving average of the weights as "final".
+    # LIMIT (seconds) stops this call early with a checkpoint; rerunning resumes the schedule
+    # (work left in the background of a device call does not survive it). Once the run is
+    # done: fp16 export and mp20like @1 over seeds 0-2 beside the shipped model, @20 on 400.
+    local run=${RUN:-g5} data=$PRE/le20.npz,$PRE/perov5.npz,$PRE/carbon24.npz  # no label
     $DAO train --model dao-g --init dao-g-base --data "$data" --split $SPLIT --steps 10000000 \
-        --time-budget "${BUDGET:-420}" --out "$RUNS/g5" --batch-size 2048 --lr 3e-4 \
-        --warmup 200 --eval-every 500 --ema-decay 0.999
-    export_fp16 "$RUNS/g5/final" "$RUNS/g5-fp16"
+        --time-budget "${BUDGET:-420}" ${LIMIT:+--time-limit "$LIMIT"} --out "$RUNS/$run" \
+        --batch-size 2048 --lr 3e-4 --warmup 200 --eval-every 500 --ema-decay 0.999
+    [ -d "$RUNS/$run/final" ] || { echo "$run stopped at LIMIT: rerun to resume"; return; }
+    export_fp16 "$RUNS/$run/final" "$RUNS/$run-fp16"
     local v="python benchmarks/validation_suite.py --split $SPLIT --set mp20like=$PRE/le20.npz:mp20like"
-    $v --model "block6=$RUNS/g5-fp16" --model shipped=dao-g-base --sampler default --seeds 0,1,2 \
-        --out "$RUNS/validation-g5.csv"
-    $v --model "block6=$RUNS/g5-fp16" --sampler default --samples 20 --limit 400 \
-        --out "$RUNS/validation-g5-at20.csv"
+    $v --model "$run=$RUNS/$run-fp16" --model shipped=dao-g-base --sampler default --seeds 0,1,2 \
+        --out "$RUNS/validation-$run.csv"
+    $v --model "$run=$RUNS/$run-fp16" --sampler default --samples 20 --limit 400 \
+        --out "$RUNS/validation-$run-at20.csv"
 }
 
 block7() {
@@ -194,9 +195,9 @@ case $stage in
     block2) block2 ;;
     evaluate) evaluate ;;
     families) families ;;
-    block6) block6 ;;
+    continue-base) continue_base ;;
     block7) block7 ;;
     evaluate-families) evaluate_families ;;
     all) preprocess; dao_g; finetune; dao_p ;;
-    *) echo "unknown stage $stage (preprocess|dao-g|finetune|dao-p|labels|block2|evaluate|families|evaluate-families|block6|block7|all)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (preprocess|dao-g|finetune|dao-p|labels|block2|evaluate|families|evaluate-families|continue-base|block7|all)" >&2; exit 2 ;;
 esac
