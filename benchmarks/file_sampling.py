@@ -4,12 +4,14 @@ compilation, CUDA-graph capture, cuBLAS set-up, `torch.compile` when asked) and 
 (the steady cost) are told apart, with the conversion to pymatgen structures timed on its own.
 
     python benchmarks/file_sampling.py --model dao-g-base --data perov5.npz --steps 1000 \
-        --batch-size 4096 --passes 2 [--compile [--freeze]] [--json rows.json]
+        --batch-size 4096 --passes 2 [--compile [--freeze] [--autotune]] [--json rows.json]
 
 Prints one row per pass: seconds in all, of which sampling (synchronised) and converting to
 pymatgen structures, and structures/s. ``--freeze`` lets inductor fold the weights into constants
 (``torch._inductor.config.freezing``: weight-only products such as each layer's edge
-projection are computed once at compile time instead of at every evaluation).
+projection are computed once at compile time instead of at every evaluation); ``--autotune``
+lets it time its own Triton matrix-product templates against cuBLAS for each shape
+(``max_autotune``: a longer first pass).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._inductor.config
 from rich.console import Console
 from rich.table import Table
 
@@ -38,11 +41,14 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--freeze", action="store_true", help="inductor freezing (with --compile)")
+    parser.add_argument(
+        "--autotune", action="store_true", help="inductor max_autotune (with --compile)"
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if args.freeze:
-        torch._inductor.config.freezing = True
+    torch._inductor.config.freezing = args.freeze
+    torch._inductor.config.max_autotune = args.autotune
     model = load_model(args.model, device=args.device)
     compositions = [r.atomic_numbers for r in load_csv(args.data)]
     generator = torch.Generator(device=model.device)
@@ -74,6 +80,7 @@ def main() -> None:
             dict(
                 data=Path(args.data).name, model=args.model, n=len(structures), steps=args.steps,
                 batch_size=args.batch_size, compile=args.compile, freeze=args.freeze,
+                autotune=args.autotune,
                 pass_=number, seconds=round(total, 3), sampling_s=round(total - converting[0], 3),
                 converting_s=round(converting[0], 3),
                 structures_per_s=round(len(structures) / total, 1),
@@ -88,7 +95,8 @@ def main() -> None:
     for r in rows:
         table.add_row(
             r["data"], str(r["n"]), str(r["steps"]),
-            "freeze" if r["freeze"] else str(r["compile"]), str(r["pass_"]),
+            "+".join(k for k in ("compile", "freeze", "autotune") if r[k]) or "no",
+            str(r["pass_"]),
             f"{r['seconds']:.2f}", f"{r['sampling_s']:.2f}", f"{r['converting_s']:.2f}",
             f"{r['structures_per_s']:,.1f}",
         )  # fmt: skip
