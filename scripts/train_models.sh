@@ -101,9 +101,9 @@ evaluate() {
 }
 
 families() {
-    # Block 5 (2026-12-07, one H100, BUDGET=210): per-family fine-tunes from the block-4
-    # dao-g-base, all weights, at two learning rates each; the four runs share one GPU. Not
-    # shipped: no better than the fine-tunes from block 2 (docs/training.md).
+    # Per-family fine-tunes from the shipped dao-g-base, all weights, at two learning rates
+    # each; the four runs share one GPU. Block 5 (2026-12-07, one H100, BUDGET=210, from
+    # block 4): not shipped, no better than the fine-tunes from block 2 (docs/training.md).
     local ft="--model dao-g --init dao-g-base --batch-size 512 --eval-every 500 --split $SPLIT
         --weight-decay 1e-5 --warmup 100 --steps 10000000 --time-budget ${BUDGET:-360}"
     for lr in 1e-4 3e-4; do
