@@ -7,12 +7,14 @@
         --samples 1,20 --seeds 0 --out val.csv
     python benchmarks/validation_suite.py ... --sampler step_lr=5e-6 \
         --sampler step_lr=5e-6,temperature=0.7,steps=250
+    python benchmarks/validation_suite.py ... --guidance dao-p-base --scales 0,5,20,50
 
 A set is NAME=DATA[:SUBSET]: the split's validation ids in DATA (a CSV or a ``dao preprocess``
 file), or only those of its named subset (``val_sets`` in the split file). Every model samples
-at its own sampler settings (``default``), or with the fields each ``--sampler`` overrides. One
-row per (model, sampler, set, samples, seed) is appended to ``--out`` as it is measured; a table
-of all rows is printed at the end.
+at its own sampler settings (``default``), or with the fields each ``--sampler`` overrides, and
+at each energy-guidance scale w of ``--scales`` (0: unguided) with the ``--guidance`` DAO-P. One
+row per (model, sampler, scale, set, samples, seed) is appended to ``--out`` as it is
+measured; a table of all rows is printed at the end.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from dao_core.checkpoint import load_model
 from dao_core.data import held_out_ids, load_csv
 
 FIELDS = ["model", "set", "crystals", "samples", "seed", "steps", "step_lr", "temperature",
-          "match_rate", "rmse", "valid_fraction", "sampling_s", "matching_s", "device"]  # fmt: skip
+          "scale", "match_rate", "rmse", "valid_fraction", "sampling_s", "matching_s",
+          "device"]  # fmt: skip
 
 
 def sampler_overrides(spec: str) -> dict[str, float]:
@@ -55,8 +58,14 @@ def main() -> None:
     parser.add_argument(
         "--sampler", action="append", default=None, help="FIELD=VALUE,... or 'default'"
     )
+    parser.add_argument("--guidance", help="DAO-P checkpoint for energy guidance (--scales)")
+    parser.add_argument("--scales", default="0", help="guidance scales w, comma-separated")
     parser.add_argument("--out", type=Path, default=Path("validation.csv"))
     args = parser.parse_args()
+    scales = [float(w) for w in args.scales.split(",")]
+    if any(scales) and not args.guidance:
+        parser.error("--scales above 0 need a --guidance DAO-P")
+    guide = load_model(args.guidance) if args.guidance else None
 
     sets = {}
     for spec in args.set:
@@ -74,20 +83,22 @@ def main() -> None:
             label, checkpoint = spec.split("=", 1)
             model = load_model(checkpoint)
             variants = itertools.product(
-                sets.items(), args.sampler or ["default"], map(int, args.samples.split(","))
-            )
-            for (name, records), sampler, samples in variants:
+                sets.items(), args.sampler or ["default"], map(int, args.samples.split(",")),
+                scales,
+            )  # fmt: skip
+            for (name, records), sampler, samples, scale in variants:
                 settings = replace(model.sampling, **sampler_overrides(sampler))
                 for seed in map(int, args.seeds.split(",")):
                     started = time.perf_counter()
                     result = run_benchmark(
-                        model, records, samples, batch_size=args.batch_size, seed=seed,
-                        sampling=settings,
+                        model, records, samples, guidance=guide if scale > 0 else None,
+                        scale=scale, batch_size=args.batch_size, seed=seed, sampling=settings,
                     )  # fmt: skip
                     row = dict(
                         model=label, set=name, crystals=result.n_crystals, samples=samples,
                         seed=seed, steps=result.steps, step_lr=settings.step_lr,
-                        temperature=settings.temperature, match_rate=round(result.match_rate, 4),
+                        temperature=settings.temperature, scale=scale,
+                        match_rate=round(result.match_rate, 4),
                         rmse=result.rmse and round(result.rmse, 4),
                         valid_fraction=round(result.valid_fraction, 4),
                         sampling_s=result.sampling_s, matching_s=result.matching_s,
@@ -97,10 +108,10 @@ def main() -> None:
                     handle.flush()
                     rows.append(row)
                     print(row, f"({time.perf_counter() - started:.0f} s)", flush=True)
-    table = Table(*FIELDS[:10])
+    table = Table(*FIELDS[:11])
     for row in rows:
-        cells = [str(row[k]) for k in FIELDS[:10]]
-        cells[8] = f"{100 * row['match_rate']:.2f} %"
+        cells = [str(row[k]) for k in FIELDS[:11]]
+        cells[9] = f"{100 * row['match_rate']:.2f} %"
         table.add_row(*cells)
     Console(width=140).print(table)
 
