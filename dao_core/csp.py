@@ -24,8 +24,9 @@ from dao_core.errors import DAOInputError
 
 DEFAULT_GENERATOR = "dao-g-base"
 DEFAULT_GUIDANCE = "dao-p-base"
-# Guidance is off by default: on our validation splits w = 5-20 lowered the MP-20 match rate
-# (8.9 % -> 4.1-5.7 %) and left perov-5 unchanged (docs/benchmarks.md). Opt in with ``scale``.
+# Guidance is off by default: with the per-dataset DAO-P, w = 5-20 lowered the MP-20 match rate
+# (8.9 % -> 4.1-5.7 %); with the uniform-label one it is neutral to +2 points (w = 20, 200
+# mp20like crystals), not yet measured on the whole set (docs/benchmarks.md). Opt in with ``scale``.
 DEFAULT_SCALE = 0.0
 
 
