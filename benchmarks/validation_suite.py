@@ -108,11 +108,12 @@ def main() -> None:
                     handle.flush()
                     rows.append(row)
                     print(row, f"({time.perf_counter() - started:.0f} s)", flush=True)
-    table = Table(*FIELDS[:11])
+    shown = FIELDS[: FIELDS.index("rmse") + 1]  # timings and device only in the CSV
+    table = Table(*shown)
     for row in rows:
-        cells = [str(row[k]) for k in FIELDS[:11]]
-        cells[9] = f"{100 * row['match_rate']:.2f} %"
-        table.add_row(*cells)
+        table.add_row(
+            *(f"{100 * row[k]:.2f} %" if k == "match_rate" else str(row[k]) for k in shown)
+        )
     Console(width=140).print(table)
 
 

@@ -95,8 +95,6 @@ def generate(
     uses the generator's own sampler settings, ``steps=None`` their number of steps."""
     if n < 1:
         raise DAOInputError(f"number of candidates must be at least 1, got {n}")
-    if steps is not None and steps < 1:
-        raise DAOInputError(f"number of sampling steps must be at least 1, got {steps}")
     atoms = parse_composition(formula, formula_units)
     generator_model = load_model(model, device=device)
     dev = generator_model.device

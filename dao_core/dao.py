@@ -24,6 +24,18 @@ from dao_core.errors import DAOInputError
 from dao_core.model import Crysformer, CrysformerConfig, CrysformerOutput
 
 Kind = Literal["dao-g", "dao-p"]
+
+
+def check_sampling_steps(steps: int, trained: int, name: str | None = None) -> None:
+    """Sampling runs a strided subset of the trained noise levels, so 1 to ``trained`` steps;
+    more would silently run ``trained`` while the provenance recorded ``steps``."""
+    if not 1 <= steps <= trained:
+        raise DAOInputError(
+            f"{steps} sampling steps: {name or 'this model'} was trained on "
+            f"{trained} noise levels, so 1 to {trained} steps can be sampled"
+        )
+
+
 # The noise level at which DAO-P acts as a plain predictor. Step 1 has sigma_x = 0.005 and
 # sqrt(1 - abar) = 0.01: clean for all purposes, and an embedding the network was trained on.
 CLEAN_STEP = 1
@@ -201,12 +213,8 @@ class DAOModel(nn.Module):
                     return guidance.energy(replace(batch, frac=frac, lattice=lattice), t).float()
 
         settings = sampling or self.sampling
-        n_steps, trained = steps or settings.steps, self.schedule.steps
-        if not 1 <= n_steps <= trained:
-            raise DAOInputError(
-                f"{n_steps} sampling steps: {self.name or 'this model'} was trained on "
-                f"{trained} noise levels, so 1 to {trained} steps can be sampled"
-            )
+        n_steps = settings.steps if steps is None else steps
+        check_sampling_steps(n_steps, self.schedule.steps, self.name)
         frac, lattice = sample(
             score_fn, self.schedule, batch.mask, n_steps, settings, energy_fn, scale, generator,
             graph,

@@ -179,11 +179,15 @@ class DAOCSPMaker(Maker):
             )
         if self.relax_mode == "batched":
             self.batched_relax_maker.check_force_field()
-        from dao_core.checkpoint import resolve
+        from dao_core.checkpoint import read_config, resolve
+        from dao_core.dao import check_sampling_steps
 
         for ckpt in (gen_maker.model, gen_maker.guidance, self.ranking_maker.score_model):
             if ckpt:
                 resolve(ckpt)  # unknown checkpoint name/path: DAOInputError now, not in a job
+        if gen_maker.steps is not None:
+            trained = read_config(gen_maker.model)["diffusion_steps"]
+            check_sampling_steps(gen_maker.steps, trained, gen_maker.model)
         if self.verify_top < 0:
             raise DAOInputError(f"verify_top must be >= 0, got {self.verify_top}")
         dft_maker = self.dft_maker

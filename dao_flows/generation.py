@@ -17,6 +17,7 @@ from jobflow import Maker
 from pymatgen.core import Composition, Element, Structure
 
 from dao_core.csp import DEFAULT_GENERATOR, DEFAULT_GUIDANCE, DEFAULT_SCALE
+from dao_core.errors import DAOInputError
 from dao_flows.batched_fire import MAX_VOLUME_PER_ATOM, MIN_VOLUME_PER_ATOM
 from dao_flows.jobs import generation_job
 from dao_flows.schemas import CandidateDoc, GenerationDoc, package_versions
@@ -81,7 +82,6 @@ def validate_request(
     atoms (>100), a negative count or a request for no DAO-G candidates.
     """
     from dao_core.data import parse_composition
-    from dao_core.errors import DAOInputError
 
     if not isinstance(n, int | np.integer) or n < 1:
         raise DAOInputError(f"number of DAO-G candidates must be at least 1, got {n!r}")
@@ -99,8 +99,6 @@ def user_structures(
     """The user's seed structures (pymatgen objects or CIF/POSCAR paths) with provenance;
     :class:`dao_core.errors.DAOInputError` names any that is unreadable, disordered or of
     another composition than ``formula`` (atom counts may differ: ranking is per atom)."""
-    from dao_core.errors import DAOInputError
-
     target = Composition(formula).reduced_composition
     out = []
     for i, item in enumerate(items):
@@ -275,9 +273,10 @@ class DAOGenerationMaker(Maker):
             raw: list[tuple[str, Structure | None, dict]] = [
                 ("dao-g", s, {}) for s in result.structures
             ]
+        except DAOInputError:
+            raise  # a wrong request (e.g. a Maker used without the flow's checks): say so
         except Exception as exc:  # noqa: BLE001 - the other sources still give candidates
-            # (checkpoints and inputs were checked when the flow was built: this is a run-time
-            # failure such as running out of memory)
+            # (a run-time failure such as running out of memory)
             error = f"DAO-G failed: {type(exc).__name__}: {exc}"
             logger.warning("%s; continuing with the other candidate sources", error)
             provenance = {"generator_error": error}

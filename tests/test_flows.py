@@ -242,6 +242,9 @@ def test_unguided_flow_skips_dao_p(dao_env):
     assert ranking(guided).maker.score_model == dao_env["DAO_P_MODEL"]
     with pytest.raises(DAOInputError, match="neither a checkpoint"):
         dao_csp_flow("NaCl", n=1, model="no-such-model")  # checked before any job exists
+    for steps in (0, 100_000):  # outside the generator's 1..T, also checked before any job
+        with pytest.raises(DAOInputError, match=f"^{steps} sampling steps: .* so 1 to"):
+            dao_csp_flow("NaCl", n=1, steps=steps)
 
 
 def test_user_structures_are_ranked_with_the_generated_ones(dao_env, tmp_path):

@@ -136,6 +136,14 @@ def test_a_dao_g_failure_keeps_the_other_sources(dao_env, monkeypatch):
         assert got.valid and got.structure == want.structure
 
 
+def test_a_wrong_generation_request_is_an_error_not_a_lost_source(dao_env):
+    """More sampling steps than the generator's noise levels is the user's error: the job
+    says so instead of carrying on with the random and template candidates only."""
+    maker = DAOGenerationMaker(n=2, n_random=2, n_template=0, steps=100_000, seed=3)
+    with pytest.raises(DAOInputError, match="100000 sampling steps: .* so 1 to"):
+        maker.make.original(maker, "NaCl", 2)
+
+
 def test_batched_fire_matches_atomate2_relaxation(chgnet, dao_env):
     """Same optimiser, same potential: batched FIRE reproduces atomate2's per-structure run."""
     rng = np.random.default_rng(0)
