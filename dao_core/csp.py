@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,16 @@ DEFAULT_GUIDANCE = "dao-p-base"
 # (8.9 % -> 4.1-5.7 %); with the uniform-label one it is neutral to +2 points (w = 20, 200
 # mp20like crystals), not yet measured on the whole set (docs/benchmarks.md). Opt in with ``scale``.
 DEFAULT_SCALE = 0.0
+
+
+def default_generator() -> str:
+    """DAO-G checkpoint used when none is given: ``$DAO_G_MODEL`` or the bundled base model."""
+    return os.environ.get("DAO_G_MODEL", DEFAULT_GENERATOR)
+
+
+def default_guidance() -> str:
+    """DAO-P checkpoint used when none is given: ``$DAO_P_MODEL`` or the bundled base model."""
+    return os.environ.get("DAO_P_MODEL", DEFAULT_GUIDANCE)
 
 
 @dataclass

@@ -3,9 +3,9 @@
 Every crystal in a batch is a dense, padded block of ``N`` atoms; attention runs over all atom pairs
 of the same crystal (self-loops included) with invariant edge features added to keys and values.
 Padding is handled with masks, so the whole batch is a few batched matrix products. The edge
-features are never materialised: attention is computed exactly from per-atom Fourier waves and
-N x N LayerNorm statistics (``PairGeometry``): O(B * heads * N^2) memory instead of
-O(B * N^2 * (9 + 6K)).
+features are never materialised nor projected to the hidden width per layer: attention is
+computed exactly from the Fourier features of x_j - x_i (built once for all layers), a Gram
+vector per crystal and N x N LayerNorm statistics (``PairGeometry``).
 """
 
 from __future__ import annotations
@@ -74,34 +74,35 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 class PairGeometry(NamedTuple):
     """What attention needs from the edge features e_ij = LN([Gram(L), Fourier(x_j - x_i)]),
-    without materialising the (B, N, N, 9 + 6K) tensor.
+    without the (B, N, N, 9 + 6K) tensor or its per-layer projection to the hidden width.
 
-    The Fourier features of x_j - x_i separate into per-atom waves (sin(a - b) = sin a cos b -
-    cos a sin b, cos(a - b) = cos a cos b + sin a sin b), the Gram block is one vector per
-    crystal, and the LayerNorm statistics over the 9 + 6K entries are N x N scalars: the Fourier
-    entries have a constant sum of squares (3K) and a separable sum.
+    The Gram block is one vector per crystal and the LayerNorm statistics over the 9 + 6K
+    entries are N x N scalars: the Fourier entries have a constant sum of squares (3K) and a
+    separable sum (sin(a - b) = sin a cos b - cos a sin b, cos(a - b) = cos a cos b + sin a sin b).
+    The Fourier block itself enters each layer through the query and the messages projected on
+    it: the PyTorch path contracts them with Fourier(x_j - x_i), built once for all layers; the
+    fused GPU kernel rebuilds it from per-atom waves in on-chip memory.
     """
 
+    relative: torch.Tensor | None  # (B, N, N, 6K): Fourier(x_j - x_i), e_ij's column order
     waves: torch.Tensor  # (B, N, 6K): [sin 2 pi k x_c | cos 2 pi k x_c], (c, k) flattened
-    cos2: torch.Tensor  # (B, N, 1, 6K): [cos | cos], broadcast over heads
-    sin2: torch.Tensor  # (B, N, 1, 6K): [sin | -sin]
     gram: torch.Tensor  # (B, 9): L L^T
     mean: torch.Tensor  # (B, N, N): LayerNorm mean of e_ij
     inv_std: torch.Tensor  # (B, N, N): 1 / sqrt(var(e_ij) + eps)
 
     def waves_as(self, dtype: torch.dtype) -> PairGeometry:
-        """The per-atom waves in the layers' compute dtype (statistics stay float32), so the
-        (B, N, heads, 6K) products stay in that dtype instead of promoting to float32."""
-        return self._replace(
-            waves=self.waves.to(dtype), cos2=self.cos2.to(dtype), sin2=self.sin2.to(dtype)
-        )
+        """The Fourier features in the layers' compute dtype (statistics stay float32), so the
+        products with them stay in that dtype instead of promoting to float32."""
+        relative = None if self.relative is None else self.relative.to(dtype)
+        return self._replace(relative=relative, waves=self.waves.to(dtype))
 
 
 def pair_geometry(
-    frac: torch.Tensor, lattice: torch.Tensor, fourier: int, eps: float
+    frac: torch.Tensor, lattice: torch.Tensor, fourier: int, eps: float, relative: bool = True
 ) -> PairGeometry:
-    """Per-atom waves, the Gram vector and the pair LayerNorm statistics, kept out of autocast:
-    the statistics feed every layer, and bf16 would leave them 3 significant digits."""
+    """Per-atom waves, Fourier(x_j - x_i) if ``relative`` (the PyTorch attention's), the Gram
+    vector and the pair LayerNorm statistics, kept out of autocast: the statistics feed every
+    layer, and bf16 would leave them 3 significant digits."""
     with torch.autocast(frac.device.type, enabled=False):
         k = torch.arange(fourier, device=frac.device, dtype=frac.dtype)
         phase = (2 * math.pi * frac[..., None] * k).flatten(-2)  # (B, N, 3K)
@@ -114,13 +115,12 @@ def pair_geometry(
         mean = (gram.sum(-1)[:, None, None] + fourier_sum) / dim
         mean_sq = (gram.square().sum(-1)[:, None, None] + 3 * fourier) / dim
         inv_std = torch.rsqrt((mean_sq - mean.square()).clamp(min=0) + eps)
-        cos2, sin2 = torch.cat([cos, cos], dim=-1), torch.cat([sin, -sin], dim=-1)
-    return PairGeometry(waves, cos2[:, :, None], sin2[:, :, None], gram, mean, inv_std)
-
-
-def swap_halves(x: torch.Tensor) -> torch.Tensor:
-    """[a | b] -> [b | a] along the last axis (the sin and cos halves of the wave features)."""
-    return x.roll(x.shape[-1] // 2, dims=-1)
+        pair_waves = None
+        if relative:  # (c, sin|cos, k) per pair, as the edge features (and W_e's columns)
+            dx = 2 * math.pi * (frac[:, None, :, :] - frac[:, :, None, :])  # (B, i, j, 3)
+            pair_phase = dx[..., None, None] * k  # (B, N, N, 3, 1, K)
+            pair_waves = torch.cat([pair_phase.sin(), pair_phase.cos()], dim=-2).flatten(-3)
+    return PairGeometry(pair_waves, waves, gram, mean, inv_std)
 
 
 class ElementDescriptors(nn.Module):
@@ -186,40 +186,34 @@ class CrysformerLayer(nn.Module):
         q, k, v = qkv.unbind(2)
         # W_e LN(e) = inv_std * (W_e diag(gamma) e - mean * W_e gamma) + W_e beta.
         w = self.edge.weight * edge_norm.weight  # W_e diag(gamma), (H, 9 + 6K)
-        # Fourier columns are ordered (c, sin|cos, k); regroup them as [sin (c, k) | cos (c, k)].
-        # Rotating each (sin, cos) pair of a per-atom vector x by the receiver's phase a_i is
-        # x * [cos|cos] + swap(x) * [sin|-sin], swap exchanging the halves: one projection
-        # serves both orientations.
-        w_wave = w[:, 9:].view(heads, dim, 3, 2, self.fourier).transpose(2, 3)
-        w_wave = w_wave.reshape(heads, dim, waves_dim)
+        w_wave = w[:, 9:].view(heads, dim, waves_dim)  # columns (c, sin|cos, k)
         gram_vec = (pairs.gram @ w[:, :9].T.to(pairs.gram.dtype)).view(b, 1, heads, dim)
         centre_vec = w.sum(1).view(heads, dim)  # W_e gamma
         shift_vec = (self.edge.weight @ edge_norm.bias).view(heads, dim)  # W_e beta
-        if fused_attention and fused_attention.enabled(h):  # one kernel, no autograd
+        if pairs.relative is None:  # the fused kernel: one call, no autograd
+            # It rotates per-atom waves ordered [sin (c, k) | cos (c, k)] on chip.
+            w_halves = w_wave.view(heads, dim, 3, 2, self.fourier).transpose(2, 3)
             msg = fused_attention.attention_messages(
-                qkv, w_wave, gram_vec.view(b, heads, dim), centre_vec, shift_vec,
-                pairs.waves, pairs.mean, pairs.inv_std, mask,
+                qkv, w_halves.reshape(heads, dim, waves_dim), gram_vec.view(b, heads, dim),
+                centre_vec, shift_vec, pairs.waves, pairs.mean, pairs.inv_std, mask,
             )  # fmt: skip
             return self._residuals(h, msg)
         inv_std, mean = pairs.inv_std[:, None], pairs.mean[:, None]  # (B, 1, N, N)
 
-        # Logits q_i.(k_j + W_e LN(e_ij)): the wave part is sum over (c, k) of the query's
-        # sin/cos weights times sin/cos(a_j - a_i), i.e. the query rotated by -a_i dotted with
-        # the sender's waves. The q_i.W_e beta term is the same for every j and cancels.
-        q_proj = torch.einsum("bihd,hdf->bihf", q, w_wave)
-        q_wave = q_proj * pairs.cos2 + swap_halves(q_proj) * pairs.sin2
-        wave_logit = torch.einsum("bihf,bjf->bhij", q_wave, pairs.waves)
+        # Logits q_i.(k_j + W_e LN(e_ij)): the query projected on the Fourier features, dotted
+        # with Fourier(x_j - x_i). The q_i.W_e beta term is the same for every j and cancels.
+        q_wave = torch.einsum("bihd,hdf->bihf", q, w_wave)
+        wave_logit = torch.einsum("bihf,bijf->bhij", q_wave, pairs.relative)
         q_gram = (q * gram_vec).sum(-1).transpose(1, 2)[..., None]  # (B, heads, N, 1)
         q_centre = (q * centre_vec).sum(-1).transpose(1, 2)[..., None]
         edge_logit = inv_std * (q_gram + wave_logit - mean * q_centre)
         logits = torch.einsum("bihd,bjhd->bhij", q, k) + edge_logit
         attn = torch.softmax(logits / math.sqrt(dim) + attn_bias, dim=-1)
 
-        # Messages sum_j a_ij (v_j + W_e LN(e_ij)); the senders' summed waves are rotated by
-        # +a_i, the transpose of the rotation above. Attention rows sum to one.
+        # Messages sum_j a_ij (v_j + W_e LN(e_ij)), the Fourier part summed before projecting
+        # back. Attention rows sum to one.
         scaled = attn * inv_std
-        wave_sum = torch.einsum("bhij,bjf->bihf", scaled.to(pairs.waves.dtype), pairs.waves)
-        wave_msg = wave_sum * pairs.cos2 + swap_halves(wave_sum * pairs.sin2)
+        wave_msg = torch.einsum("bhij,bijf->bihf", scaled.to(pairs.relative.dtype), pairs.relative)
         msg = (
             torch.einsum("bhij,bjhd->bihd", attn, v)
             + torch.einsum("bihf,hdf->bihd", wave_msg, w_wave)
@@ -267,7 +261,8 @@ class Crysformer(nn.Module):
         b, n = atom_types.shape
         time = sinusoidal_embedding(t, self.cfg.time_dim)[:, None].expand(b, n, -1)
         h = self.node_in(torch.cat([self.element(atom_types), time], dim=-1))
-        pairs = pair_geometry(frac, lattice, self.cfg.fourier, self.edge_norm.eps)
+        fused = fused_attention is not None and fused_attention.enabled(h)
+        pairs = pair_geometry(frac, lattice, self.cfg.fourier, self.edge_norm.eps, not fused)
         if torch.is_autocast_enabled(frac.device.type):
             pairs = pairs.waves_as(torch.get_autocast_dtype(frac.device.type))
         # Additive mask: padded senders get -inf; padded receivers still see themselves (no NaN).

@@ -5,7 +5,6 @@ anything is relaxed."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ import numpy as np
 from jobflow import Maker
 from pymatgen.core import Composition, Element, Structure
 
-from dao_core.csp import DEFAULT_GENERATOR, DEFAULT_GUIDANCE, DEFAULT_SCALE
+from dao_core.csp import DEFAULT_SCALE, default_generator, default_guidance
 from dao_core.errors import DAOInputError
 from dao_flows.batched_fire import MAX_VOLUME_PER_ATOM, MIN_VOLUME_PER_ATOM
 from dao_flows.jobs import generation_job
@@ -29,16 +28,6 @@ MIN_DISTANCE = 0.5  # Å; DAO's structural validity threshold (method doc, secti
 # An atom with no neighbour this close is outside CHGNet's atom graph (cutoff 6 Å): its energy
 # is the free-atom term and the candidate's ranking meaningless.
 ISOLATION_CUTOFF = 6.0  # Å
-
-
-def default_generator() -> str:
-    """DAO-G checkpoint used when none is given: ``$DAO_G_MODEL`` or the bundled base model."""
-    return os.environ.get("DAO_G_MODEL", DEFAULT_GENERATOR)
-
-
-def default_guidance() -> str:
-    """DAO-P checkpoint used when none is given: ``$DAO_P_MODEL`` or the bundled base model."""
-    return os.environ.get("DAO_P_MODEL", DEFAULT_GUIDANCE)
 
 
 _MODEL_CACHE: dict[tuple[str, float, str], object] = {}

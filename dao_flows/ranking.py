@@ -301,7 +301,7 @@ class RankingMaker(Maker):
 
     def __post_init__(self) -> None:
         if self.score_model == "default":
-            from dao_flows.generation import default_guidance
+            from dao_core.csp import default_guidance
 
             self.score_model = default_guidance()
 

@@ -104,8 +104,10 @@ families() {
     # Per-family fine-tunes from the shipped dao-g-base, all weights, at two learning rates
     # each; the four runs share one GPU. Block 5 (2026-12-07, one H100, BUDGET=210, from
     # block 4): not shipped, no better than the fine-tunes from block 2 (docs/training.md).
+    # Since block 8 (which gained from it) the weights' moving average is the final model.
     local ft="--model dao-g --init dao-g-base --batch-size 512 --eval-every 500 --split $SPLIT
-        --weight-decay 1e-5 --warmup 100 --steps 10000000 --time-budget ${BUDGET:-360}"
+        --weight-decay 1e-5 --warmup 100 --steps 10000000 --time-budget ${BUDGET:-360}
+        --ema-decay 0.999"
     for lr in 1e-4 3e-4; do
         $DAO train $ft --data "$PRE/perov5.npz" --out "$RUNS/perov5-lr$lr" --lr $lr \
             --step-lr 5e-7 --temperature 1.0 &

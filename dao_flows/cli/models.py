@@ -225,9 +225,8 @@ def sample(
     out: Annotated[Path, typer.Option(help="folder for the CIFs")] = Path("samples"),
 ) -> None:
     """Generate N structures for FORMULA and write them as CIFs."""
-    from dao_core.csp import DEFAULT_SCALE, generate
+    from dao_core.csp import DEFAULT_SCALE, default_generator, generate
     from dao_core.metrics import structure_validity
-    from dao_flows.generation import default_generator
 
     scale = DEFAULT_SCALE if scale is None else scale
     result = generate(formula, n, model or default_generator(), guidance, scale, steps,
