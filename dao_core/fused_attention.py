@@ -1,11 +1,10 @@
 """Crysformer attention messages in one Triton kernel (inference only).
 
-`CrysformerLayer` computes its attention exactly from per-atom waves and N x N scalars
-(`PairGeometry`), but as separate PyTorch operations the per-head wave products
-(B x N x heads x 6K values, 12x the hidden state for the `base` preset) make several passes
-through GPU memory; after `torch.compile` they are most of a sampling step. Here one program
-per head and group of crystals projects the query onto the wave basis, rotates it by the
-receiver's phases, forms the logits, the softmax and the messages, and projects back, a chunk
+`CrysformerLayer`'s PyTorch path contracts the query and the messages with Fourier(x_j - x_i),
+a (B, N, N, 6K) tensor read twice per layer from GPU memory, and projects the (B, N, heads, 6K)
+products in separate passes. Here one program per head and group of crystals projects the
+query onto the per-atom wave basis, rotates it by the receiver's phases (so the pair features
+are never stored), forms the logits, the softmax and the messages, and projects back, a chunk
 of frequencies at a time, so those products never leave on-chip memory. Small cells share a
 program (32 // N crystals stacked in one tile), so the head's weights are read once for all of
 them. Same parameters, same result as `CrysformerLayer`'s PyTorch path (tested in Triton's
