@@ -179,7 +179,8 @@ class CrysformerLayer(nn.Module):
         mask: torch.Tensor,
     ) -> torch.Tensor:
         """Attention in which receiver i sees sender j's key and value as k_j + W_e e_ij and
-        v_j + W_e e_ij, computed exactly from per-atom waves and N x N scalars (PairGeometry)."""
+        v_j + W_e e_ij, computed exactly from Fourier(x_j - x_i) and N x N scalars
+        (PairGeometry)."""
         b, n, _ = h.shape
         heads, dim, waves_dim = self.heads, self.head_dim, 6 * self.fourier
         qkv = self.qkv(self.norm_attn(h)).view(b, n, 3, heads, dim)
