@@ -102,13 +102,13 @@ evaluate() {
 
 families() {
     # Per-family fine-tunes from the shipped dao-g-base, all weights, at two learning rates
-    # each; the four runs share one GPU. Block 5 (2026-12-07, one H100, BUDGET=210, from
+    # each (LRS="1e-4" runs one); the four runs share one GPU. Block 5 (2026-12-07, one H100, BUDGET=210, from
     # block 4): not shipped, no better than the fine-tunes from block 2 (docs/training.md).
     # Since block 8 (which gained from it) the weights' moving average is the final model.
     local ft="--model dao-g --init dao-g-base --batch-size 512 --eval-every 500 --split $SPLIT
         --weight-decay 1e-5 --warmup 100 --steps 10000000 --time-budget ${BUDGET:-360}
         --ema-decay 0.999"
-    for lr in 1e-4 3e-4; do
+    for lr in ${LRS:-1e-4 3e-4}; do
         $DAO train $ft --data "$PRE/perov5.npz" --out "$RUNS/perov5-lr$lr" --lr $lr \
             --step-lr 5e-7 --temperature 1.0 &
         $DAO train $ft --data "$PRE/carbon24.npz" --out "$RUNS/carbon24-lr$lr" --lr $lr \
@@ -121,7 +121,7 @@ evaluate_families() {
     # Each fine-tune (fp16, as shipped) on its family's held-out split, seeds 0-2, at its saved
     # sampler and at neighbouring temperatures; the four evaluations run side by side.
     local v="python benchmarks/validation_suite.py --split $SPLIT --seeds 0,1,2"
-    for lr in 1e-4 3e-4; do
+    for lr in ${LRS:-1e-4 3e-4}; do
         export_fp16 "$RUNS/perov5-lr$lr/final" "$RUNS/perov5-lr$lr-fp16"
         export_fp16 "$RUNS/carbon24-lr$lr/final" "$RUNS/carbon24-lr$lr-fp16"
         $v --model "perov5-lr$lr=$RUNS/perov5-lr$lr-fp16" --set "perov5=$PRE/perov5.npz" \
