@@ -302,7 +302,8 @@ def train(
     use_amp = cfg.amp and device.type == "cuda"
     started = time.perf_counter()
     seen = 0
-    # Factorised attention keeps memory O(B * heads * N^2): on a GPU, 2048 crystals of 20 atoms.
+    # Attention memory grows with the atom pairs (heads + 6K values each): on a GPU, 2048
+    # crystals of 20 atoms.
     max_pairs = cfg.max_pairs or (2**20 if device.type == "cuda" else 4096)
 
     served = average.model if average else model  # the weights that validate and ship
