@@ -102,9 +102,10 @@ evaluate() {
 
 families() {
     # Per-family fine-tunes from the shipped dao-g-base, all weights, at two learning rates
-    # each (LRS="1e-4" runs one); the four runs share one GPU. Block 5 (2026-12-07, one H100, BUDGET=210, from
-    # block 4): not shipped, no better than the fine-tunes from block 2 (docs/training.md).
-    # Since block 8 (which gained from it) the weights' moving average is the final model.
+    # each (LRS="1e-4" runs one); the four runs share one GPU. The weights' moving average is
+    # the final model, as in block 8. Block 5 (2026-12-07, one H100, BUDGET=210, from block 4)
+    # and the perov-5 run from block 8 (2026-12-08, CPU): not shipped, no better than the
+    # fine-tunes from block 2 (docs/training.md).
     local ft="--model dao-g --init dao-g-base --batch-size 512 --eval-every 500 --split $SPLIT
         --weight-decay 1e-5 --warmup 100 --steps 10000000 --time-budget ${BUDGET:-360}
         --ema-decay 0.999"
