@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the bundled weights from the CDVAE-layout CSVs (docs/training.md has the details).
-#   bash scripts/train_models.sh [preprocess|dao-g|finetune|dao-p|labels|block2|evaluate|families|evaluate-families|continue-base|block7|all]
+#   bash scripts/train_models.sh [preprocess|dao-g|finetune|dao-p|labels|block2|evaluate|families|evaluate-families|continue-base|block7|presets|all]
 # dao-g: DAO-G Stage I on the Materials Project corpus in three blocks chained by weights-only
 # warm restarts (as trained, 2026-12-02); finetune: per-family models from the second block;
 # dao-p: DAO-P (2026-11-24 recipe). Runs are cut by the recorded step counts, so the schedule
@@ -153,6 +153,33 @@ continue_base() {
         --out "$RUNS/validation-$run-at20.csv"
 }
 
+presets() {
+    # Issue 11's preset question at an equal budget: `base` (5.6 M) and `paper` (25.3 M) from
+    # scratch on the corpus, side by side on one GPU for BUDGET seconds each (LIMIT stops a
+    # call early, rerunning resumes), then both (fp16) on mp20like, perov-5 and carbon-24 @1,
+    # seed 0 (VAL_LIMIT: the first N crystals per set, for a dry run). Sampling cost per
+    # preset on the 2-core CPU: 518 vs 136 structures/s (docs/training.md).
+    local data=$PRE/le20.npz,$PRE/perov5.npz,$PRE/carbon24.npz
+    for preset in base paper; do
+        $DAO train --model dao-g --preset $preset --data "$data" --split $SPLIT \
+            --steps 10000000 --time-budget "${BUDGET:-600}" ${LIMIT:+--time-limit "$LIMIT"} \
+            --out "$RUNS/preset-$preset" --batch-size 2048 --lr 5e-4 --warmup 300 \
+            --eval-every 500 --ema-decay 0.999 --temperature 0.7 --sample-steps 100 &
+    done
+    wait
+    local v=(python benchmarks/validation_suite.py --split $SPLIT --sampler default
+        --set "mp20like=$PRE/le20.npz:mp20like" --set "perov5=$PRE/perov5.npz"
+        --set "carbon24=$PRE/carbon24.npz" --out "$RUNS/validation-presets.csv")
+    for preset in base paper; do
+        [ -d "$RUNS/preset-$preset/final" ] || { echo "stopped at LIMIT: rerun to resume"; return; }
+    done
+    for preset in base paper; do
+        export_fp16 "$RUNS/preset-$preset/final" "$RUNS/preset-$preset-fp16"
+        v+=(--model "$preset=$RUNS/preset-$preset-fp16")
+    done
+    "${v[@]}" ${VAL_LIMIT:+--limit "$VAL_LIMIT"}
+}
+
 block7() {
     # Block 7 (prepared 2026-12-07): the shipped family models fine-tuned further with an
     # exponential moving average of the weights (--ema-decay 0.999, the average is "final"),
@@ -200,7 +227,8 @@ case $stage in
     families) families ;;
     continue-base) continue_base ;;
     block7) block7 ;;
+    presets) presets ;;
     evaluate-families) evaluate_families ;;
     all) preprocess; dao_g; finetune; dao_p ;;
-    *) echo "unknown stage $stage (preprocess|dao-g|finetune|dao-p|labels|block2|evaluate|families|evaluate-families|continue-base|block7|all)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (preprocess|dao-g|finetune|dao-p|labels|block2|evaluate|families|evaluate-families|continue-base|block7|presets|all)" >&2; exit 2 ;;
 esac
