@@ -124,3 +124,20 @@ def test_cli_and_flow_share_the_makers_defaults(monkeypatch):
     assert defaults["n"][0] == DAOGenerationMaker.n and defaults["relax"][0] == "batched"
     with pytest.raises(DAOInputError, match="unknown CSP option.*'nn'"):
         DAOCSPMaker.from_options(nn=3)
+
+
+def test_models_name_the_training_data_of_every_bundled_model():
+    """`dao models` names each model's data sets, not the folders they were staged in."""
+    from dao_core.checkpoint import bundled_models, read_config
+    from dao_flows.cli.models import dataset_name
+
+    assert dataset_name("runs/preprocessed/le20.npz:") == "le20"
+    assert dataset_name("dao preprocess of perov5.npz") == "perov5"
+    assert dataset_name("../shared/datasets/mp_3dsc/structures.csv:tc") == "mp_3dsc"
+    assert dataset_name("data/mp_2025/le20.csv.gz:formation_energy_per_atom") == "le20"
+    names = {
+        m: [dataset_name(d) for d in read_config(m)["record"]["data"]] for m in bundled_models()
+    }
+    assert names["dao-g-base"] == ["le20", "perov5", "carbon24"]
+    assert names["dao-p-tc"] == ["mp_3dsc"]
+    assert all(n and all(n) for n in names.values()), names  # a name for every entry

@@ -167,6 +167,14 @@ def preprocess(
     console.print(f"{len(records)} structures -> {out} ({size:.1f} MiB)")
 
 
+def dataset_name(entry: str) -> str:
+    """A training-data entry of a checkpoint's record as a name: 'runs/pre/le20.npz:label' ->
+    'le20', '.../perov_5/val.csv' -> 'perov_5' (a split's file takes its folder's name)."""
+    path = Path(entry.rsplit(":", 1)[0].split()[-1]) if entry.strip() else Path()
+    stem = path.name.split(".")[0]
+    return path.parent.name if stem in {"train", "val", "test", "structures"} else stem
+
+
 @app.command("relax-dataset")
 @input_errors_exit
 def relax_dataset(
@@ -324,6 +332,6 @@ def models() -> None:
             if cfg["kind"] == "dao-g"
             else "-",
             cfg["sha256"][:12],
-            ", ".join(Path(d).parent.name for d in cfg["record"].get("data", [])),
+            ", ".join(dataset_name(d) for d in cfg["record"].get("data", [])),
         )  # fmt: skip
     console.print(table)
