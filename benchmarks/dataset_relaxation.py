@@ -11,7 +11,8 @@ ones (E_hull <= 0.08) are relaxed two ways:
 
 The table gives CHGNet's energy per atom change after each, the share of structures DAO-P
 lowers, and whether DAO-P's structure is closer to CHGNet's minimum than the start was
-(pymatgen's normalised RMS distance after StructureMatcher, defaults).
+(pymatgen's normalised RMS distance after StructureMatcher, defaults). Any CDVAE-layout CSV
+with an E_hull column (``--label``) can be checked the same way before ``dao relax-dataset``.
 
     python benchmarks/dataset_relaxation.py --data $DAO_DATASETS/mp_2025/le20.csv.gz \
         --split docs/data/split-mp2025-seed0.json --n 200 --json relax.json
@@ -39,13 +40,14 @@ from dao_core.data.splits import load_split
 from dao_core.relaxation import relax_records
 from dao_flows.batched_fire import batched_fire_relax, load_chgnet
 
-LABEL = "e_above_hull_mp2018"
 GROUPS = {"window 0.08-0.5": (0.08, 0.5), "stable <= 0.08": (-np.inf, 0.08)}
 
 
-def draw(frame: pd.DataFrame, bounds: tuple[float, float], n: int, seed: int) -> pd.DataFrame:
+def draw(
+    frame: pd.DataFrame, label: str, bounds: tuple[float, float], n: int, seed: int
+) -> pd.DataFrame:
     low, high = bounds
-    rows = frame[(frame[LABEL] > low) & (frame[LABEL] <= high)]
+    rows = frame[(frame[label] > low) & (frame[label] <= high)]
     return rows.sample(n=min(n, len(rows)), random_state=seed)
 
 
@@ -64,7 +66,7 @@ def study(rows: pd.DataFrame, dao_p, chgnet, args: argparse.Namespace) -> dict:
     structures = [Structure.from_str(c, fmt="cif") for c in rows["cif"]]
     records = [
         CrystalRecord.from_structure(s, energy=e, material_id=m, canonical=False)
-        for s, e, m in zip(structures, rows[LABEL], rows["material_id"], strict=True)
+        for s, e, m in zip(structures, rows[args.label], rows["material_id"], strict=True)
     ]
     start = time.perf_counter()
     relaxed, moved = relax_records(dao_p, records, None, args.iterations, args.lr)
@@ -102,7 +104,7 @@ def study(rows: pd.DataFrame, dao_p, chgnet, args: argparse.Namespace) -> dict:
         "chgnet_s": chgnet_s,
         "per_structure": {
             "material_id": list(rows["material_id"]),
-            "e_above_hull": [float(x) for x in rows[LABEL]],
+            "e_above_hull": [float(x) for x in rows[args.label]],
             "chgnet_start": e0.tolist(),
             "chgnet_after_dao": e_dao.tolist(),
             "chgnet_min": e_min.tolist(),
@@ -115,7 +117,8 @@ def study(rows: pd.DataFrame, dao_p, chgnet, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="MP corpus CSV (le20.csv.gz)")
-    parser.add_argument("--split", required=True, help="recorded split; its ids are skipped")
+    parser.add_argument("--split", help="recorded split; its held-out ids are skipped")
+    parser.add_argument("--label", default="e_above_hull_mp2018", help="E_hull column (eV/atom)")
     parser.add_argument("--dao-p", default="dao-p-base")
     parser.add_argument("--n", type=int, default=200, help="structures per group")
     parser.add_argument("--seed", type=int, default=0)
@@ -128,8 +131,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    frame = pd.read_csv(args.data, usecols=["material_id", "cif", LABEL]).dropna(subset=[LABEL])
-    frame = frame[~frame["material_id"].isin(set(load_split(args.split)["val"]))]
+    columns = ["material_id", "cif", args.label]
+    frame = pd.read_csv(args.data, usecols=columns).dropna(subset=[args.label])
+    if args.split:
+        frame = frame[~frame["material_id"].isin(set(load_split(args.split)["val"]))]
     dao_p, chgnet = load_model(args.dao_p, device="cpu"), load_chgnet("cpu")
     report = {
         "command": "python benchmarks/dataset_relaxation.py "
@@ -140,7 +145,7 @@ def main() -> None:
         "groups": {},
     }
     for name, bounds in GROUPS.items():
-        rows = draw(frame, bounds, args.n, args.seed)
+        rows = draw(frame, args.label, bounds, args.n, args.seed)
         report["groups"][name] = study(rows, dao_p, chgnet, args)
 
     table = Table(title=f"DAO-P dataset relaxation judged by CHGNet ({dao_p.name})")
