@@ -150,7 +150,7 @@ continue_base() {
     export_fp16 "$RUNS/$run/final" "$RUNS/$run-fp16"
     local v="python benchmarks/validation_suite.py --split $SPLIT --set mp20like=$PRE/le20.npz:mp20like"
     $v --model "$run=$RUNS/$run-fp16" --model shipped=dao-g-base --sampler default --seeds 0,1,2 \
-        --out "$RUNS/validation-$run.csv"
+        --set "mp20like_novel=$PRE/le20.npz:mp20like_novel" --out "$RUNS/validation-$run.csv"
     $v --model "$run=$RUNS/$run-fp16" --sampler default --samples 20 --limit 400 \
         --out "$RUNS/validation-$run-at20.csv"
 }
@@ -158,9 +158,9 @@ continue_base() {
 presets() {
     # Issue 11's preset question at an equal budget: `base` (5.6 M) and `paper` (25.3 M) from
     # scratch on the corpus, side by side on one GPU for BUDGET seconds each (LIMIT stops a
-    # call early, rerunning resumes), then both (fp16) on mp20like, perov-5 and carbon-24 @1,
-    # seed 0 (VAL_LIMIT: the first N crystals per set, for a dry run). Sampling cost per
-    # preset on the 2-core CPU: 518 vs 136 structures/s (docs/training.md).
+    # call early, rerunning resumes), then both (fp16) on mp20like (and its twin-free part),
+    # perov-5 and carbon-24 @1, seed 0 (VAL_LIMIT: the first N crystals per set, for a dry
+    # run). Sampling cost per preset on the 2-core CPU: 518 vs 136 structures/s (training.md).
     local data=$PRE/le20.npz,$PRE/perov5.npz,$PRE/carbon24.npz
     for preset in base paper; do
         $DAO train --model dao-g --preset $preset --data "$data" --split $SPLIT \
@@ -170,8 +170,9 @@ presets() {
     done
     wait
     local v=(python benchmarks/validation_suite.py --split $SPLIT --sampler default
-        --set "mp20like=$PRE/le20.npz:mp20like" --set "perov5=$PRE/perov5.npz"
-        --set "carbon24=$PRE/carbon24.npz" --out "$RUNS/validation-presets.csv")
+        --set "mp20like=$PRE/le20.npz:mp20like" --set "mp20like_novel=$PRE/le20.npz:mp20like_novel"
+        --set "perov5=$PRE/perov5.npz" --set "carbon24=$PRE/carbon24.npz"
+        --out "$RUNS/validation-presets.csv")
     for preset in base paper; do
         [ -d "$RUNS/preset-$preset/final" ] || { echo "stopped at LIMIT: rerun to resume"; return; }
     done
