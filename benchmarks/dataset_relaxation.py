@@ -25,6 +25,7 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dao_core.checkpoint import load_model
+from dao_core.dao import DAOModel
 from dao_core.data import CrystalRecord
 from dao_core.data.splits import load_split
 from dao_core.relaxation import relax_records
@@ -51,7 +53,7 @@ def draw(
     return rows.sample(n=min(n, len(rows)), random_state=seed)
 
 
-def chgnet_energies(model, structures: list[Structure]) -> np.ndarray:
+def chgnet_energies(model: Any, structures: list[Structure]) -> np.ndarray:
     """CHGNet energy per atom (eV/atom) of each structure as given."""
     preds = model.predict_structure(structures, task="e", batch_size=32)
     return np.array([float(np.asarray(p["e"]).reshape(-1)[0]) for p in preds])
@@ -62,7 +64,7 @@ def distance(matcher: StructureMatcher, a: Structure, b: Structure) -> float:
     return np.nan if rms is None else float(rms[0])
 
 
-def study(rows: pd.DataFrame, dao_p, chgnet, args: argparse.Namespace) -> dict:
+def study(rows: pd.DataFrame, dao_p: DAOModel, chgnet: Any, args: argparse.Namespace) -> dict:
     structures = [Structure.from_str(c, fmt="cif") for c in rows["cif"]]
     records = [
         CrystalRecord.from_structure(s, energy=e, material_id=m, canonical=False)
@@ -116,7 +118,7 @@ def study(rows: pd.DataFrame, dao_p, chgnet, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="MP corpus CSV (le20.csv.gz)")
+    parser.add_argument("--data", required=True, help="CDVAE-layout CSV with an E_hull column")
     parser.add_argument("--split", help="recorded split; its held-out ids are skipped")
     parser.add_argument("--label", default="e_above_hull_mp2018", help="E_hull column (eV/atom)")
     parser.add_argument("--dao-p", default="dao-p-base")
