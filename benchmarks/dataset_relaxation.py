@@ -60,6 +60,8 @@ def chgnet_energies(model: Any, structures: list[Structure]) -> np.ndarray:
 
 
 def distance(matcher: StructureMatcher, a: Structure, b: Structure) -> float:
+    """Normalised RMS distance, NaN for no match. Not ``dao_core.metrics.match``: that one uses
+    the benchmark's loose tolerances, and these moves are small."""
     rms = matcher.get_rms_dist(a, b)
     return np.nan if rms is None else float(rms[0])
 

@@ -18,6 +18,7 @@ its 1,090 structures are in le20 already). Only the held-out ids are written.
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +52,11 @@ def training_twins(ids: list[str], held_out: set[str], mp_folder: Path) -> set[s
     train = frame[~frame["material_id"].isin(held_out) & frame["reduced"].isin(wanted["reduced"])]
     by_formula = train.groupby("reduced")["cif"].apply(list).to_dict()
     matcher = StructureMatcher(**MATCHER_KWARGS)
+    parse = functools.cache(lambda cif: Structure.from_str(cif, fmt="cif"))  # formulas repeat
     twins = set()
     for mid, reduced, cif in wanted[["material_id", "reduced", "cif"]].itertuples(index=False):
-        structure = Structure.from_str(cif, fmt="cif")
-        others = (Structure.from_str(c, fmt="cif") for c in by_formula.get(reduced, []))
+        structure = parse(cif)
+        others = (parse(c) for c in by_formula.get(reduced, []))
         if any(matcher.fit(structure, other) for other in others):
             twins.add(mid)
     return twins
